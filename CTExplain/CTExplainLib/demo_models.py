@@ -1,0 +1,80 @@
+"""Untrained model packages: the demo defaults until trained ones ship, and test fixtures.
+
+Their weights are random (from a fixed seed): they exercise the mechanics (loading,
+preprocessing, CAM, segmentation, alignment, writing), not accuracy, and their metadata
+says ``untrained: true`` so every result made with them is labelled as such.
+
+    python -m CTExplainLib.demo_models CTExplain/Resources/Models
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .model_package import ChannelSpec, ClassSpec, InputSpec, ModelMetadata, save_package
+from .models_catalog import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
+from .networks import NETWORKS, build_network
+
+LUNG = ChannelSpec("lung", -600.0, 1500.0)
+SOFT_TISSUE = ChannelSpec("soft tissue", 40.0, 400.0)
+PALETTE = [(0.0, 0.0, 0.0), (0.85, 0.33, 0.1), (0.2, 0.6, 0.85), (0.47, 0.67, 0.19), (0.93, 0.69, 0.13), (0.49, 0.18, 0.56)]
+
+
+def untrained_package(
+    path: Path,
+    name: str,
+    task: str,
+    network: str,
+    class_names: Sequence[str],
+    input_spec: InputSpec,
+    network_kwargs: Optional[Dict[str, Any]] = None,
+    seed: int = 0,
+) -> Path:
+    """Save a package whose network has random weights drawn from ``seed``."""
+    kwargs = {"spatial_dims": input_spec.spatial_dims, "in_channels": len(input_spec.channels), "out_channels": len(class_names)}
+    kwargs.update(network_kwargs or {})
+    torch.manual_seed(seed)
+    model = build_network(network, kwargs)
+    spec = NETWORKS[network]
+    classes: List[ClassSpec] = [ClassSpec(n, PALETTE[i % len(PALETTE)] if task == "segmentation" else (1.0, 0.0, 0.0)) for i, n in enumerate(class_names)]
+    metadata = ModelMetadata(
+        name=name,
+        version="0.0.1",
+        task=task,
+        classes=classes,
+        network=network,
+        network_kwargs=kwargs,
+        input=input_spec,
+        cam_target_layer=spec.target_layer if task != "segmentation" else None,
+        cam_linear_layer=spec.linear_layer if task != "segmentation" else None,
+        untrained=True,
+        provenance={"training_data": "none: random weights (seed %d)" % seed, "licence": "Apache-2.0"},
+    )
+    return save_package(path, metadata, model)
+
+
+def demo_classifier(path: Path) -> Path:
+    spec = InputSpec(3, [LUNG, SOFT_TISSUE], spacing=(2.5, 2.5, 5.0), size=(128, 128, 64), orientation="LPS")
+    return untrained_package(path, DEFAULT_CLASSIFIER, "multilabel", "CompactCNN", ["demo finding A", "demo finding B", "demo finding C"], spec)
+
+
+def demo_segmenter(path: Path) -> Path:
+    spec = InputSpec(3, [LUNG], spacing=(3.0, 3.0, 3.0), size=(96, 96, 96), orientation="LPS")
+    kwargs = {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1}
+    return untrained_package(path, DEFAULT_SEGMENTER, "segmentation", "UNet", ["background", "lungs", "body"], spec, kwargs)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="write the untrained demo packages")
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    for make, name in ((demo_classifier, DEFAULT_CLASSIFIER), (demo_segmenter, DEFAULT_SEGMENTER)):
+        print(make(args.folder / name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

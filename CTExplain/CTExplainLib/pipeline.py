@@ -1,0 +1,245 @@
+"""One case through the whole core: load → preprocess → classify + explain → segment → map back
+→ statistics → write. Used by the ``ctexplain`` command line and by the Slicer module alike.
+
+Outputs of a case go to a staging folder that is renamed into place only when the case is
+complete, so a failure or Ctrl-C never leaves a half-written result. Heat maps are produced,
+measured and written one at a time: memory grows with the CT, not with the number of classes.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .anatomy import body_mask, cam_energy_by_segment, cam_energy_in_positive_slices
+from .classify import Classification, classify_and_explain
+from .devices import resolve_device
+from .errors import CTExplainError, InputError
+from .loading import load_volume
+from .model_package import LoadedModel
+from .montage import finding_montage
+from .preprocess import preprocess
+from .segment import Segmentation, segment
+from .volume import Volume
+from .writing import case_output_directory, write_image, write_json, write_label_map, write_png, write_segmentation
+
+LOG = logging.getLogger(__name__)
+
+METHODS = ("cam", "gradcam", "gradcampp")
+ALL_CLASSES_UP_TO = 8  # models with more classes get heat maps only for findings above threshold
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class ExplainOptions:
+    method: str = "gradcam"
+    classes: Optional[List[str]] = None  # heat maps for these findings (default: see select_findings)
+    device: str = "auto"
+    image_format: str = "nrrd"  # heat maps and label map: "nrrd" or "nii.gz"
+    keep_phi: bool = False
+    series_uid: Optional[str] = None
+    image_spacing: Optional[Tuple[float, float, float]] = None  # for 2D image stacks
+    positive_slices: Optional[Sequence[bool]] = None  # per axial slice, where slice labels exist
+
+
+@dataclass
+class CaseResult:
+    input: str
+    output: Optional[Path] = None
+    ok: bool = False
+    error: str = ""
+    probabilities: Dict[str, float] = field(default_factory=dict)
+    timings: Dict[str, float] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    return None
+
+
+class StageTimer:
+    """Wall-clock time of each named stage, reported to a progress callback as it starts."""
+
+    def __init__(self, progress: Progress, stages: Sequence[str]) -> None:
+        self.progress = progress
+        self.stages = list(stages)
+        self.seconds: Dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.progress(name, self.stages.index(name) / len(self.stages))
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def select_findings(classification: Classification, threshold: float, requested: Optional[Sequence[str]]) -> List[int]:
+    """Which findings get a heat map: those asked for; else all (≤ 8 classes); else those above threshold."""
+    names = classification.class_names
+    if requested:
+        unknown = [n for n in requested if n not in names]
+        if unknown:
+            raise CTExplainError(f"unknown finding(s) {', '.join(unknown)}; this model has: {', '.join(names)}")
+        return [names.index(n) for n in requested]
+    if len(names) <= ALL_CLASSES_UP_TO:
+        return list(range(len(names)))
+    return [i for i, p in enumerate(classification.probabilities) if p >= threshold]
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower() or "finding"
+
+
+@dataclass
+class Analysis:
+    """Everything computed for one volume, before writing."""
+
+    volume: Volume
+    classification: Classification
+    segmentation: Optional[Segmentation]
+
+
+def analyse(
+    volume: Volume,
+    classifier: LoadedModel,
+    segmenter: Optional[LoadedModel],
+    options: ExplainOptions,
+    timer: StageTimer,
+) -> Analysis:
+    """Classify, explain and segment an already loaded volume (the Slicer module's entry point)."""
+    if options.method not in METHODS:
+        raise CTExplainError(f"method must be one of {', '.join(METHODS)}, got {options.method!r}")
+    source = volume.metadata.get("source", "input")
+    if classifier.metadata.input.spatial_dims == 3 and volume.metadata.get("dims") == 2:
+        raise InputError(source, f"is a single 2D image but model {classifier.metadata.name} needs a 3D volume")
+    if not np.isfinite(volume.array).all():
+        raise InputError(source, "holds NaN or infinite voxel values")
+    device = resolve_device(options.device)
+    with timer.stage("preprocess"):
+        model_input = preprocess(volume, classifier.metadata.input)
+    with timer.stage("classify+explain"):
+        classification = classify_and_explain(classifier, model_input, options.method, device)
+    segmentation = None
+    if segmenter is not None:
+        with timer.stage("segment"):
+            segmentation = segment(segmenter, volume, device)
+    return Analysis(volume, classification, segmentation)
+
+
+def _finding_stats(analysis: Analysis, heat: np.ndarray, body: Optional[np.ndarray], options: ExplainOptions) -> Dict[str, Any]:
+    stats: Dict[str, Any] = {}
+    if analysis.segmentation is not None:
+        names = {s.label: s.name for s in analysis.segmentation.segments}
+        stats["cam_energy_by_segment"] = cam_energy_by_segment(heat, analysis.segmentation.labels.array, names, body)
+    elif body is not None:
+        stats["cam_energy_by_segment"] = cam_energy_by_segment(heat, np.zeros(heat.shape, np.uint8), {}, body)
+    if options.positive_slices is not None:
+        stats["cam_energy_in_positive_slices"] = cam_energy_in_positive_slices(heat, options.positive_slices)
+    return stats
+
+
+def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, segmenter: Optional[LoadedModel], options: ExplainOptions, timer: StageTimer) -> Dict[str, Any]:
+    """Write heat maps, masks, montages and result.json into ``folder``; returns the result record."""
+    volume, classification = analysis.volume, analysis.classification
+    extension = "." + options.image_format
+    labels = analysis.segmentation.labels.array if analysis.segmentation is not None else None
+    with timer.stage("write"):
+        if analysis.segmentation is not None:
+            write_label_map(analysis.segmentation.labels, folder / f"labels{extension}")
+            write_segmentation(analysis.segmentation.labels, analysis.segmentation.segments, folder / "segmentation.seg.nrrd")
+    with timer.stage("statistics"):
+        body = body_mask(volume) if volume.metadata.get("intensity", "hu") == "hu" else None
+    chosen = select_findings(classification, classifier.metadata.threshold, options.classes)
+    findings: List[Dict[str, Any]] = []
+    for index, name in enumerate(classification.class_names):
+        probability = float(classification.probabilities[index])
+        record: Dict[str, Any] = {
+            "name": name,
+            "probability": probability,
+            "above_threshold": probability >= classifier.metadata.threshold,
+            "cam_raw_max": float(classification.raw_max[index]),
+            "heat_map": None,
+        }
+        if index in chosen:
+            with timer.stage("heat maps"):
+                heat = classification.heat_map(index, volume.grid)
+            with timer.stage("statistics"):
+                record.update(_finding_stats(analysis, heat, body, options))
+            with timer.stage("write"):
+                file_name = f"heatmap_{slug(name)}{extension}"
+                write_image(volume.with_array(heat), folder / file_name)
+                record["heat_map"] = file_name
+                montage = finding_montage(volume, heat, labels, f"{name}  p={probability:.3f}  ({options.method})")
+                record["montage"] = f"montage_{slug(name)}.png"
+                write_png(montage, folder / record["montage"])
+            del heat
+        findings.append(record)
+    warnings = list(volume.metadata.get("warnings", [])) + classification.warnings
+    if analysis.segmentation is not None:
+        warnings += analysis.segmentation.warnings
+    if classifier.metadata.untrained:
+        warnings.append(f"model {classifier.metadata.name} is UNTRAINED (random weights): its outputs show the mechanics only")
+    if segmenter is not None and segmenter.metadata.untrained:
+        warnings.append(f"segmenter {segmenter.metadata.name} is UNTRAINED (random weights): its mask is meaningless")
+    result: Dict[str, Any] = {
+        "input": str(volume.metadata.get("source", "")),
+        "series_uid": volume.metadata.get("series_uid"),
+        "classifier": classifier.identity,
+        "segmenter": segmenter.identity if segmenter is not None else None,
+        "method": options.method,
+        "findings": findings,
+        "segments": [{"label": s.label, "name": s.name, "color": list(s.color)} for s in analysis.segmentation.segments]
+        if analysis.segmentation is not None
+        else [],
+        "input_grid": volume.grid.to_dict(),
+        "model_grid": classification.model_grid.to_dict(),
+        "warnings": warnings,
+        "timings_s": dict(timer.seconds),
+    }
+    if classification.slice_probabilities is not None:
+        result["slice_probabilities"] = classification.slice_probabilities.tolist()
+    if options.keep_phi:
+        result["patient"] = dict(volume.phi)
+    write_json(result, folder / "result.json")
+    return result
+
+
+def explain_case(
+    input_path: Path,
+    out_dir: Path,
+    classifier: LoadedModel,
+    segmenter: Optional[LoadedModel] = None,
+    options: Optional[ExplainOptions] = None,
+    progress: Optional[Progress] = None,
+) -> CaseResult:
+    """Run one case into ``out_dir`` (created complete or not at all); errors are reported, not raised."""
+    options = options or ExplainOptions()
+    stages = ["load", "preprocess", "classify+explain"] + (["segment"] if segmenter else []) + ["heat maps", "statistics", "write"]
+    timer = StageTimer(progress or _no_progress, stages)
+    result = CaseResult(input=str(input_path))
+    try:
+        with timer.stage("load"):
+            volume = load_volume(input_path, series_uid=options.series_uid, image_spacing=options.image_spacing)
+        analysis = analyse(volume, classifier, segmenter, options, timer)
+        with case_output_directory(out_dir) as staging:
+            record = write_analysis(analysis, staging, classifier, segmenter, options, timer)
+            record["timings_s"]["total"] = sum(timer.seconds.values())
+            write_json(record, staging / "result.json")  # again, now with the writing time included
+        result.ok, result.output = True, out_dir
+        result.probabilities = {f["name"]: f["probability"] for f in record["findings"]}
+        result.warnings = record["warnings"]
+    except CTExplainError as exc:
+        result.error = str(exc)
+    except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+        LOG.debug("case %s failed", input_path, exc_info=True)
+        result.error = f"{input_path}: {type(exc).__name__}: {exc}"
+    result.timings = dict(timer.seconds)
+    return result

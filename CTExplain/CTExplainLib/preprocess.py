@@ -1,0 +1,130 @@
+"""From a CT volume to a network input, exactly as a model package's input spec says.
+
+One SimpleITK resampling puts the CT on the *model grid*: a grid with the model's
+orientation and spacing, centred on the CT and cropped or padded to the model's size (or
+covering the whole CT for sliding-window segmentation). The model grid is a `Grid` in LPS
+space, so everything computed on it (CAMs, probabilities) maps back to the input's grid by
+resampling in physical space, never by array-space zooming.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.transforms import ScaleIntensityRange
+
+from .model_package import InputSpec
+from .resample import resample_array
+from .volume import Grid, Volume
+
+LOG = logging.getLogger(__name__)
+
+AIR_HU = -1024.0
+
+
+@dataclass
+class ModelInput:
+    """Network input on the model grid: ``tensor`` is (channels, k, j, i), float32."""
+
+    tensor: torch.Tensor
+    grid: Grid
+    warnings: List[str] = field(default_factory=list)
+
+    def slices(self) -> torch.Tensor:
+        """The input as a batch of axial slices (k, channels, j, i), for 2D networks."""
+        return self.tensor.permute(1, 0, 2, 3).contiguous()
+
+    def batch(self) -> torch.Tensor:
+        """The input as a batch of one volume (1, channels, k, j, i), for 3D networks."""
+        return self.tensor.unsqueeze(0)
+
+
+def orientation_direction(code: str) -> np.ndarray:
+    """3x3 LPS direction whose columns point where ``code`` says (e.g. LPS → identity)."""
+    return np.reshape(sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(code), (3, 3))
+
+
+def _native_spacing(grid: Grid, direction: np.ndarray) -> np.ndarray:
+    """The input's spacing along each model axis: that of the input axis most parallel to it."""
+    alignment = np.abs(grid.direction.T @ direction)  # [input axis, model axis]
+    return np.array([grid.spacing[int(np.argmax(alignment[:, m]))] for m in range(3)])
+
+
+def _extent_in_frame(grid: Grid, direction: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Min and max coordinates of the input's voxel centres along the model axes."""
+    corners = np.array([[i, j, k] for i in (0, grid.size[0] - 1) for j in (0, grid.size[1] - 1) for k in (0, grid.size[2] - 1)])
+    points = np.array([grid.index_to_point(c) for c in corners])
+    coords = points @ direction  # projections on the model axes (columns of direction)
+    return coords.min(axis=0), coords.max(axis=0)
+
+
+def model_grid(input_grid: Grid, spec: InputSpec, crop: bool = True) -> Grid:
+    """The grid the network sees, centred on the input.
+
+    With ``crop`` and a size in ``spec``, the grid has exactly that size (the CT is cropped or
+    padded around its centre); otherwise it covers the whole input. 2D models keep the input's
+    own slice spacing along the third model axis and cover all slices.
+    """
+    direction = orientation_direction(spec.orientation)
+    native = _native_spacing(input_grid, direction)
+    spacing = native.copy()
+    if spec.spacing is not None:
+        spacing[: spec.spatial_dims] = spec.spacing
+    low, high = _extent_in_frame(input_grid, direction)
+    # A tolerance keeps a grid that already fits from gaining a voxel through rounding noise.
+    size = np.floor((high - low) / spacing + 1e-4).astype(int) + 1
+    if crop and spec.size is not None:
+        size[: spec.spatial_dims] = spec.size
+    centre = (low + high) / 2.0
+    origin = direction @ (centre - spacing * (size - 1) / 2.0)
+    return Grid(tuple(int(s) for s in size), tuple(spacing), tuple(origin), direction)
+
+
+def feature_grid(grid: Grid, feature_size: Sequence[int]) -> Grid:
+    """The grid of a feature map of ``feature_size`` (i, j, k) computed from an input on ``grid``.
+
+    Each feature voxel summarises a block of ``grid.size / feature_size`` input voxels; its
+    centre is the centre of that block.
+    """
+    factor = np.asarray(grid.size, dtype=float) / np.asarray(feature_size, dtype=float)
+    spacing = np.asarray(grid.spacing) * factor
+    origin = grid.index_to_point((factor - 1.0) / 2.0)
+    return Grid(tuple(int(s) for s in feature_size), tuple(spacing), tuple(origin), grid.direction)
+
+
+def channel_arrays(resampled: np.ndarray, spec: InputSpec, display_input: bool) -> np.ndarray:
+    """Windows → channels in [0, 1], stacked as (channels, k, j, i)."""
+    if display_input:
+        # 8-bit display images already had a window applied when they were exported; only
+        # rescaling is left, and every channel sees the same image.
+        scale = ScaleIntensityRange(a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True)
+        return np.stack([np.asarray(scale(resampled)) for _ in spec.channels]).astype(np.float32)
+    windows = [
+        ScaleIntensityRange(a_min=c.level - c.width / 2, a_max=c.level + c.width / 2, b_min=0.0, b_max=1.0, clip=True)
+        for c in spec.channels
+    ]
+    return np.stack([np.asarray(w(resampled)) for w in windows]).astype(np.float32)
+
+
+def preprocess(volume: Volume, spec: InputSpec, crop: bool = True) -> ModelInput:
+    """Resample ``volume`` onto its model grid and turn it into the network's channels."""
+    warnings: List[str] = []
+    display_input = volume.metadata.get("intensity") == "display"
+    if display_input and spec.intensity == "hu" and len({(c.level, c.width) for c in spec.channels}) > 1:
+        warnings.append(
+            "input is an 8-bit display image (no HU) but the model expects several HU windows; "
+            "every channel gets the same image, so results may be unreliable"
+        )
+    if not display_input and volume.metadata.get("modality") not in (None, "CT"):
+        warnings.append(f"modality is {volume.metadata.get('modality')}, not CT: HU windows may not apply")
+    grid = model_grid(volume.grid, spec, crop)
+    fill = 0.0 if display_input else AIR_HU
+    resampled = resample_array(volume.array, volume.grid, grid, "linear", fill)
+    channels = channel_arrays(resampled, spec, display_input)
+    for warning in warnings:
+        LOG.warning(warning)
+    return ModelInput(torch.from_numpy(channels), grid, warnings)

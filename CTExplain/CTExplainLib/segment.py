@@ -1,0 +1,75 @@
+"""U-Net segmentation onto the input's grid.
+
+The network runs with MONAI's sliding-window inference on a model grid that covers the
+whole CT; the per-segment probabilities are resampled in physical space onto the input grid
+one at a time, keeping a running arg-max, so memory stays at two input-sized arrays
+whatever the number of segments.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from .devices import autocast, with_cpu_fallback
+from .model_package import LoadedModel
+from .preprocess import ModelInput, preprocess
+from .resample import resample_array
+from .volume import Grid, Volume
+from .writing import SegmentInfo
+
+SW_OVERLAP = 0.25
+
+
+@dataclass
+class Segmentation:
+    labels: Volume  # integer label map on the input grid
+    segments: List[SegmentInfo]  # without background (label 0)
+    warnings: List[str] = field(default_factory=list)
+
+
+def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.device) -> np.ndarray:
+    """Softmax probabilities (segments, k, j, i) on the model grid."""
+    spec = model.metadata.input
+    network = model.network.to(device)
+    is_2d = spec.spatial_dims == 2
+    inputs = model_input.slices() if is_2d else model_input.batch()
+    # The package gives the window size as (i, j[, k]); tensors are indexed (k, j, i).
+    roi = tuple(reversed(spec.size)) if spec.size else tuple(inputs.shape[2:])
+    with torch.no_grad(), autocast(device):
+        logits = sliding_window_inference(
+            inputs.to(device), roi_size=roi, sw_batch_size=4 if is_2d else 1, predictor=network, overlap=SW_OVERLAP, mode="gaussian"
+        )
+    probabilities = torch.softmax(logits.float(), dim=1).cpu()
+    if is_2d:
+        probabilities = probabilities.permute(1, 0, 2, 3)  # (slices, segments, j, i) -> (segments, k, j, i)
+    else:
+        probabilities = probabilities[0]
+    return probabilities.numpy()
+
+
+def labels_on_grid(probabilities: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
+    """Arg-max over segments of probabilities resampled onto ``target``, one segment at a time."""
+    best = resample_array(probabilities[0], source, target, "linear", 1.0)  # outside the CT: background
+    labels = np.zeros(target.shape, dtype=np.uint8 if len(probabilities) < 256 else np.uint16)
+    for index in range(1, len(probabilities)):
+        candidate = resample_array(probabilities[index], source, target, "linear", 0.0)
+        better = candidate > best
+        labels[better] = index
+        np.maximum(best, candidate, out=best)
+    return labels
+
+
+def segment(model: LoadedModel, volume: Volume, device: torch.device) -> Segmentation:
+    metadata = model.metadata
+    if metadata.task != "segmentation":
+        raise ValueError(f"{model.path}: is a {metadata.task} classifier, not a segmentation model")
+    model_input = preprocess(volume, metadata.input, crop=False)
+    warnings: List[str] = list(model_input.warnings)
+    probabilities = with_cpu_fallback(lambda d: _probabilities(model, model_input, d), device, warnings)
+    labels = labels_on_grid(probabilities, model_input.grid, volume.grid)
+    segments = [SegmentInfo(index, c.name, tuple(c.color)) for index, c in enumerate(metadata.classes) if index > 0]
+    return Segmentation(volume.with_array(labels, kind="labels", model=metadata.name), segments, warnings)
