@@ -1,0 +1,92 @@
+"""The model grid and the network input, checked in physical space on a real CT."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from CTExplainLib.model_package import ChannelSpec, InputSpec
+from CTExplainLib.preprocess import feature_grid, model_grid, orientation_direction, preprocess
+from CTExplainLib.volume import Grid, Volume
+
+SOFT = ChannelSpec("soft", 40.0, 400.0)
+LUNG = ChannelSpec("lung", -600.0, 1500.0)
+
+
+@pytest.fixture(scope="module")
+def chest(data_dir: Path) -> Volume:
+    return Volume.from_sitk(sitk.ReadImage(str(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz")))
+
+
+def centre(grid: Grid) -> np.ndarray:
+    return grid.index_to_point((np.asarray(grid.size) - 1) / 2.0)
+
+
+def test_model_grid_is_centred_and_oriented(chest: Volume) -> None:
+    spec = InputSpec(3, [SOFT], spacing=(2.0, 2.5, 4.0), size=(40, 30, 20), orientation="RAS")
+    grid = model_grid(chest.grid, spec)
+    assert grid.size == (40, 30, 20) and grid.spacing == (2.0, 2.5, 4.0)
+    np.testing.assert_allclose(grid.direction, np.diag([-1.0, -1.0, 1.0]))
+    np.testing.assert_allclose(centre(grid), centre(chest.grid), atol=1e-6)
+
+
+def test_uncropped_grid_covers_the_input(chest: Volume) -> None:
+    own_orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(tuple(chest.grid.direction.ravel()))
+    assert own_orientation == "RAS"
+    spec = InputSpec(3, [SOFT], spacing=None, size=(16, 16, 16), orientation=own_orientation)
+    grid = model_grid(chest.grid, spec, crop=False)
+    # Same orientation and native spacing: the grid is the input's own grid.
+    assert grid.same_as(chest.grid, tolerance=1e-4)
+
+
+def test_oblique_input_native_spacing_follows_the_closest_axis() -> None:
+    rotated = np.reshape(sitk.Euler3DTransform((0, 0, 0), 0.0, 0.0, np.radians(80)).GetMatrix(), (3, 3))
+    grid = Grid((50, 60, 10), (0.5, 0.9, 3.0), (0, 0, 0), rotated)
+    spec = InputSpec(2, [SOFT], spacing=None, size=None, orientation="LPS")
+    result = model_grid(grid, spec)
+    # Rotated by 80° about S: the input's j axis is closest to L, its i axis to P.
+    assert result.spacing == pytest.approx((0.9, 0.5, 3.0))
+    np.testing.assert_allclose(centre(result), centre(grid), atol=1e-6)
+
+
+def test_network_input_samples_the_ct_at_the_same_points(chest: Volume) -> None:
+    spec = InputSpec(3, [SOFT, LUNG], spacing=(3.5, 3.5, 3.5), size=(32, 32, 24), orientation="PIR")
+    model_input = preprocess(chest, spec)
+    assert tuple(model_input.tensor.shape) == (2, 24, 32, 32)
+    assert float(model_input.tensor.min()) >= 0.0 and float(model_input.tensor.max()) <= 1.0
+    image = chest.to_sitk()
+    interpolator = sitk.sitkLinear
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        k, j, i = (int(rng.integers(4, n - 4)) for n in model_input.grid.shape)
+        point = model_input.grid.index_to_point((i, j, k))
+        if not np.all((image.TransformPhysicalPointToContinuousIndex(tuple(point)) > np.zeros(3))):
+            continue
+        hu = image.EvaluateAtPhysicalPoint(tuple(point), interpolator)
+        expected = np.clip((hu - (SOFT.level - SOFT.width / 2)) / SOFT.width, 0, 1)
+        assert float(model_input.tensor[0, k, j, i]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_outside_the_ct_is_air(chest: Volume) -> None:
+    spec = InputSpec(3, [SOFT], spacing=(3.0, 3.0, 3.0), size=(200, 200, 200), orientation="LPS")
+    model_input = preprocess(chest, spec)
+    assert float(model_input.tensor[0, 0, 0, 0]) == 0.0  # padded corner: -1024 HU under a soft-tissue window
+
+
+def test_feature_voxel_centre_is_its_block_centre() -> None:
+    grid = Grid((32, 24, 16), (0.7, 0.8, 2.5), (10.0, -5.0, 3.0), orientation_direction("RAI"))
+    features = feature_grid(grid, (8, 6, 4))
+    block = [grid.index_to_point((i, j, k)) for i in range(4) for j in range(4) for k in range(4)]
+    np.testing.assert_allclose(features.index_to_point((0, 0, 0)), np.mean(block, axis=0), atol=1e-9)
+    assert features.spacing == pytest.approx((2.8, 3.2, 10.0))
+
+
+def test_display_images_are_scaled_not_windowed() -> None:
+    grid = Grid((8, 8, 4), (0.5, 0.5, 5.0), (0, 0, 0))
+    array = np.full(grid.shape, 255, dtype=np.uint8)
+    volume = Volume(array, grid, metadata={"intensity": "display"})
+    model_input = preprocess(volume, InputSpec(3, [SOFT, LUNG], None, None, "LPS"))
+    assert float(model_input.tensor.min()) == pytest.approx(1.0)
+    assert model_input.warnings and "display" in model_input.warnings[0]
