@@ -177,7 +177,7 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
                 file_name = f"heatmap_{slug(name)}{extension}"
                 write_image(volume.with_array(heat), folder / file_name)
                 record["heat_map"] = file_name
-                montage = finding_montage(volume, heat, labels, f"{name}  p={probability:.3f}  ({options.method})")
+                montage = finding_montage(volume, heat, labels, f"{name}  p={probability:.3f}  ({options.method})", radiological=True)
                 record["montage"] = f"montage_{slug(name)}.png"
                 write_png(montage, folder / record["montage"])
             del heat

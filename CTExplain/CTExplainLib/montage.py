@@ -1,0 +1,283 @@
+"""A key-slice picture of one finding: CT, CT with the heat map, CT with the anatomy outlines.
+
+Display convention: slice ``array[k]`` is shown with rows = j and columns = i, unflipped.
+For an LPS-identity grid (i towards the patient's left, j towards posterior) this is the
+radiological view: patient's right on the image left, anterior at the top. For other
+axis-aligned grids, ``radiological=True`` flips the panels into that view. Panels are
+resized so that one screen pixel covers the same distance along rows and columns, which
+keeps the anatomy's proportions when the in-plane spacing is anisotropic.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .volume import Grid, Volume
+
+logger = logging.getLogger(__name__)
+
+Color = Tuple[float, float, float]
+
+MAX_PANEL_PX = 256
+GAP_PX = 4
+TEXT_LINE_PX = 14
+HEAT_COLORMAP = "jet"
+MAX_HEAT_ALPHA = 0.6
+# Below this the heat is treated as zero: bilinear resizing spreads tiny values around a
+# blob, and those should not tint the CT.
+HEAT_FLOOR = 1e-3
+PANEL_TITLES = ("CT", "heat map", "anatomy")
+
+
+@dataclass(frozen=True)
+class PanelShape:
+    """Size in pixels of one panel, chosen so that the in-plane aspect ratio follows spacing."""
+
+    height: int
+    width: int
+
+
+def panel_shape(rows: int, columns: int, row_spacing: float, column_spacing: float, max_px: int = MAX_PANEL_PX) -> PanelShape:
+    """Largest panel within ``max_px`` whose pixels are square in millimetres."""
+    height_mm = rows * row_spacing
+    width_mm = columns * column_spacing
+    scale = max_px / max(height_mm, width_mm)
+    return PanelShape(max(1, int(round(height_mm * scale))), max(1, int(round(width_mm * scale))))
+
+
+def key_slices(heat: np.ndarray, count: int = 3) -> List[int]:
+    """The ``count`` axial slices (k) holding most heat, distinct and in increasing order.
+
+    With no heat at all, slices evenly spread through the volume are returned instead, so a
+    montage of an empty map still shows the anatomy.
+    """
+    depth = heat.shape[0]
+    count = max(0, min(int(count), depth))
+    energy = np.clip(np.nan_to_num(heat.astype(np.float64)), 0, None).reshape(depth, -1).sum(axis=1)
+    if count == 0:
+        return []
+    if not np.any(energy > 0):
+        return sorted(set(int(round(x)) for x in np.linspace(0, depth - 1, count + 2)[1:-1]))
+    # A stable sort on -energy keeps the lower k first among equal energies.
+    order = np.argsort(-energy, kind="stable")[:count]
+    return sorted(int(k) for k in order)
+
+
+def window_to_gray(ct_slice: np.ndarray, window: Tuple[float, float]) -> np.ndarray:
+    """CT values mapped to 0..1 by a (level, width) window."""
+    level, width = float(window[0]), float(window[1])
+    if width <= 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    low = level - width / 2.0
+    return np.clip((ct_slice.astype(np.float32) - low) / width, 0.0, 1.0)
+
+
+def _resize_float(values: np.ndarray, shape: PanelShape) -> np.ndarray:
+    image = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32))  # mode "F"
+    return np.asarray(image.resize((shape.width, shape.height), Image.BILINEAR), dtype=np.float32)
+
+
+def _resize_labels(values: np.ndarray, shape: PanelShape) -> np.ndarray:
+    # Nearest neighbour: label values must never be blended into other labels.
+    image = Image.fromarray(np.ascontiguousarray(values, dtype=np.int32))  # mode "I"
+    return np.asarray(image.resize((shape.width, shape.height), Image.NEAREST), dtype=np.int64)
+
+
+def _colormap(name: str):
+    import matplotlib
+
+    try:
+        return matplotlib.colormaps[name]
+    except AttributeError:  # matplotlib < 3.5
+        from matplotlib import cm
+
+        return cm.get_cmap(name)
+
+
+def heat_overlay(gray_rgb: np.ndarray, heat: np.ndarray, colormap: str = HEAT_COLORMAP) -> np.ndarray:
+    """Blend a 0..1 heat map onto an RGB uint8 image; pixels with heat ≈ 0 are left unchanged."""
+    heat = np.clip(np.nan_to_num(heat), 0.0, 1.0)
+    colors = _colormap(colormap)(heat)[..., :3] * 255.0
+    alpha = np.where(heat > HEAT_FLOOR, MAX_HEAT_ALPHA * heat, 0.0)[..., None]
+    blended = gray_rgb.astype(np.float32) * (1.0 - alpha) + colors * alpha
+    result = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    untouched = alpha[..., 0] == 0
+    result[untouched] = gray_rgb[untouched]
+    return result
+
+
+def label_boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a nonzero label with a 4-neighbour of another value (image edges count as 0)."""
+    padded = np.pad(labels, 1, mode="constant", constant_values=0)
+    centre = padded[1:-1, 1:-1]
+    differs = (
+        (padded[:-2, 1:-1] != centre)
+        | (padded[2:, 1:-1] != centre)
+        | (padded[1:-1, :-2] != centre)
+        | (padded[1:-1, 2:] != centre)
+    )
+    return differs & (centre != 0)
+
+
+def default_label_color(label: int) -> Color:
+    """A distinct color per label value (matplotlib's tab20, cycled)."""
+    rgba = _colormap("tab20")((int(label) - 1) % 20)
+    return (float(rgba[0]), float(rgba[1]), float(rgba[2]))
+
+
+def outline_overlay(gray_rgb: np.ndarray, labels: np.ndarray, colors: Optional[Dict[int, Color]] = None) -> np.ndarray:
+    """Draw the boundary pixels of each label of ``labels`` on an RGB uint8 image."""
+    result = gray_rgb.copy()
+    boundary = label_boundaries(labels)
+    for value in np.unique(labels[boundary]):
+        color = (colors or {}).get(int(value)) or default_label_color(int(value))
+        result[boundary & (labels == value)] = np.round(np.asarray(color) * 255).astype(np.uint8)
+    return result
+
+
+def slice_panels(
+    ct: Volume,
+    heat: np.ndarray,
+    labels: Optional[np.ndarray],
+    k: int,
+    window: Tuple[float, float] = (40.0, 400.0),
+    max_px: int = MAX_PANEL_PX,
+    label_colors: Optional[Dict[int, Color]] = None,
+    radiological: bool = False,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three (H, W, 3) uint8 panels of axial slice ``k``: CT, CT + heat, CT + outlines.
+
+    The third panel is the plain CT when ``labels`` is None. ``radiological`` flips the
+    slice of an axis-aligned grid into the radiological view (see :func:`finding_montage`).
+    """
+    shape = montage_panel_shape(ct, max_px)
+    orient = _radiological_flip(ct.grid) if radiological else (lambda section: section)
+    gray = _resize_float(orient(window_to_gray(ct.array[k], window)), shape)
+    gray_u8 = np.clip(np.round(gray * 255.0), 0, 255).astype(np.uint8)
+    plain = np.repeat(gray_u8[..., None], 3, axis=2)
+    heated = heat_overlay(plain, _resize_float(orient(heat[k]), shape))
+    if labels is None:
+        outlined = plain.copy()
+    else:
+        outlined = outline_overlay(plain, _resize_labels(orient(labels[k]), shape), label_colors)
+    return plain, heated, outlined
+
+
+def _radiological_flip(grid: Grid) -> Callable[[np.ndarray], np.ndarray]:
+    """A function flipping a [j, i] slice so that anterior is up and the patient's right is left.
+
+    Only for grids whose i axis runs mostly along L-R and j mostly along P-A (the usual axial
+    acquisition, e.g. NIfTI files with RAS-like directions); other grids are shown as stored.
+    """
+    direction = grid.direction
+    i_axis, j_axis = direction[:, 0], direction[:, 1]
+    if abs(i_axis[0]) < 0.7 or abs(j_axis[1]) < 0.7:
+        logger.debug("radiological view needs i along L-R and j along P-A; showing the slice as stored")
+        return lambda section: section
+    flip_columns, flip_rows = i_axis[0] < 0, j_axis[1] < 0
+
+    def orient(section: np.ndarray) -> np.ndarray:
+        if flip_rows:
+            section = section[::-1, :]
+        if flip_columns:
+            section = section[:, ::-1]
+        return section
+
+    return orient
+
+
+def montage_layout(panel: PanelShape, rows: int) -> Dict[str, int]:
+    """Where :func:`finding_montage` puts things, for callers and tests that locate panels."""
+    header = 2 * TEXT_LINE_PX + GAP_PX
+    row_h = TEXT_LINE_PX + panel.height + GAP_PX
+    return {
+        "width": 3 * panel.width + 4 * GAP_PX,
+        "height": header + rows * row_h,
+        "first_panel_top": header + TEXT_LINE_PX,
+        "row_pitch": row_h,
+        "column_pitch": panel.width + GAP_PX,
+        "left": GAP_PX,
+    }
+
+
+def montage_panel_shape(ct: Volume, max_px: int = MAX_PANEL_PX) -> PanelShape:
+    """The panel shape :func:`finding_montage` uses for ``ct``."""
+    return panel_shape(ct.array.shape[1], ct.array.shape[2], ct.grid.spacing[1], ct.grid.spacing[0], max_px)
+
+
+def _check_inputs(ct: Volume, heat: np.ndarray, labels: Optional[np.ndarray], slices: int) -> None:
+    if heat.shape != ct.array.shape:
+        raise ValueError(f"heat map shape {heat.shape} differs from the CT's {ct.array.shape}")
+    if labels is not None and labels.shape != ct.array.shape:
+        raise ValueError(f"label map shape {labels.shape} differs from the CT's {ct.array.shape}")
+    if slices < 1:
+        raise ValueError(f"a montage needs at least one slice, got {slices}")
+
+
+def _draw_text(canvas: Image.Image, xy: Tuple[int, int], text: str) -> None:
+    draw = ImageDraw.Draw(canvas)
+    try:
+        draw.text(xy, text, fill=(255, 255, 255))
+    except UnicodeEncodeError:
+        # Without FreeType, Pillow's default bitmap font covers Latin-1 only.
+        draw.text(xy, text.encode("latin-1", "replace").decode("latin-1"), fill=(255, 255, 255))
+
+
+def finding_montage(
+    ct: Volume,
+    heat: np.ndarray,
+    labels: Optional[np.ndarray],
+    title: str,
+    slices: int = 3,
+    window: Tuple[float, float] = (40.0, 400.0),
+    label_colors: Optional[Dict[int, Color]] = None,
+    radiological: bool = False,
+) -> np.ndarray:
+    """An (H, W, 3) uint8 picture of one finding on its ``slices`` key axial slices.
+
+    One row per key slice (those of largest heat energy, in increasing k), three panels per
+    row: the CT in the (level, width) ``window``, the CT with the heat map (0..1, same grid)
+    in color, the CT with the outlines of ``labels`` (same grid, integers). A title line
+    names the finding and each row is headed by its slice index.
+
+    By default slices are shown as stored (rows = j, columns = i), which is the radiological
+    view only for LPS-aligned grids; a NIfTI with RAS-like axes then appears upside down and
+    mirrored. ``radiological=True`` flips the panels of such axis-aligned grids so that
+    anterior is up and the patient's right is on the image left; slice indices stay k.
+    """
+    heat = np.asarray(heat)
+    _check_inputs(ct, heat, labels, slices)
+    chosen = key_slices(heat, slices)
+    total = float(np.clip(np.nan_to_num(heat.astype(np.float64)), 0, None).sum())
+    rows = [(k, slice_panels(ct, heat, labels, k, window, MAX_PANEL_PX, label_colors, radiological)) for k in chosen]
+    layout = montage_layout(montage_panel_shape(ct), len(rows))
+    canvas = Image.new("RGB", (layout["width"], layout["height"]), (0, 0, 0))
+    _draw_text(canvas, (GAP_PX, 2), title)
+    for column, name in enumerate(PANEL_TITLES):
+        _draw_text(canvas, (layout["left"] + column * layout["column_pitch"], TEXT_LINE_PX + 2), name)
+    for row, (k, panels) in enumerate(rows):
+        top = layout["first_panel_top"] + row * layout["row_pitch"]
+        share = float(np.clip(np.nan_to_num(heat[k]), 0, None).sum()) / total if total > 0 else 0.0
+        _draw_text(canvas, (GAP_PX, top - TEXT_LINE_PX + 1), f"slice k={k}  ({100.0 * share:.0f}% of map energy)")
+        for column, panel in enumerate(panels):
+            canvas.paste(Image.fromarray(panel), (layout["left"] + column * layout["column_pitch"], top))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+__all__ = [
+    "PanelShape",
+    "finding_montage",
+    "heat_overlay",
+    "key_slices",
+    "label_boundaries",
+    "montage_layout",
+    "montage_panel_shape",
+    "outline_overlay",
+    "panel_shape",
+    "slice_panels",
+    "window_to_gray",
+]
