@@ -1,0 +1,42 @@
+"""The Slicer extension's files: CMake lists name only files that exist, and the icon is right."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def listed_files(cmake: Path) -> list:
+    text = cmake.read_text()
+    names = []
+    for block in re.findall(r"set\(MODULE_PYTHON_(?:SCRIPTS|RESOURCES)\s+(.*?)\)", text, flags=re.S):
+        names += [line.strip().replace("${MODULE_NAME}", "CTExplain") for line in block.splitlines() if line.strip()]
+    return names
+
+
+def test_every_file_in_the_module_cmake_exists() -> None:
+    cmake = REPO / "CTExplain" / "CMakeLists.txt"
+    names = listed_files(cmake)
+    assert len(names) > 20
+    missing = [n for n in names if not (cmake.parent / n).is_file()]
+    assert not missing, f"listed in {cmake} but missing: {missing}"
+
+
+def test_every_core_module_is_listed() -> None:
+    listed = set(listed_files(REPO / "CTExplain" / "CMakeLists.txt"))
+    core = REPO / "CTExplain" / "CTExplainLib"
+    present = {str(p.relative_to(core.parent)) for p in core.rglob("*.py")}
+    assert present <= listed, f"core files not installed by CMake: {sorted(present - listed)}"
+
+
+def test_top_level_cmake_is_a_slicer_extension() -> None:
+    text = (REPO / "CMakeLists.txt").read_text()
+    for needed in ("find_package(Slicer REQUIRED)", 'set(EXTENSION_DEPENDS "PyTorch")', "add_subdirectory(CTExplain)", "Slicer_EXTENSION_CPACK"):
+        assert needed in text
+
+
+def test_icon_is_128_square() -> None:
+    assert Image.open(REPO / "CTExplain.png").size == (128, 128)
