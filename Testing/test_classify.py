@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from CTExplainLib.classify import classify_and_explain, scale_maps, volume_score
+from CTExplainLib.classify import classify_and_explain, volume_score
 from CTExplainLib.demo_models import LUNG, SOFT_TISSUE, untrained_package
 from CTExplainLib.model_package import InputSpec, load_package
 from CTExplainLib.preprocess import preprocess
@@ -25,16 +25,6 @@ def test_volume_score_rules() -> None:
     np.testing.assert_allclose(volume_score(slices, "max", 3), [0.7, 0.9])
     np.testing.assert_allclose(volume_score(slices, "topk_mean", 2), [(0.7 + 0.4) / 2, (0.9 + 0.8) / 2])
     np.testing.assert_allclose(volume_score(slices[:1], "topk_mean", 3), slices[0])
-
-
-def test_scale_maps_keeps_raw_max_and_zero_maps() -> None:
-    maps = np.zeros((2, 3, 4, 5), dtype=np.float32)
-    maps[0, 1, 2, 3] = 7.0
-    maps[0, 0, 0, 0] = 3.5
-    raw_max, scaled = scale_maps(maps)
-    np.testing.assert_allclose(raw_max, [7.0, 0.0])
-    assert scaled[0].max() == 1.0 and scaled[0, 0, 0, 0] == pytest.approx(0.5)
-    assert not np.any(scaled[1]) and np.isfinite(scaled).all()
 
 
 def test_2d_model_runs_slice_by_slice(chest: Volume, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from .cam import explain
+from .cam import explain, normalise_maps
 from .devices import autocast, with_cpu_fallback
 from .model_package import LoadedModel, ModelMetadata
 from .preprocess import ModelInput, feature_grid
@@ -56,13 +56,6 @@ def volume_score(slice_probabilities: np.ndarray, rule: str, k: int) -> np.ndarr
     return top.mean(axis=0)
 
 
-def scale_maps(maps: np.ndarray) -> np.ndarray:
-    """Per-class maximum of (classes, ...) maps, and the maps divided by it (zero maps stay zero)."""
-    raw_max = maps.reshape(maps.shape[0], -1).max(axis=1)
-    divisor = np.where(raw_max > 0, raw_max, 1.0).reshape((-1,) + (1,) * (maps.ndim - 1))
-    return raw_max, (maps / divisor).astype(np.float32)
-
-
 def _explain_batches(
     metadata: ModelMetadata, network: torch.nn.Module, inputs: torch.Tensor, method: str, classes: Sequence[int], device: torch.device
 ):
@@ -100,12 +93,13 @@ def classify_and_explain(model: LoadedModel, model_input: ModelInput, method: st
     if is_2d:
         slice_probabilities = probabilities
         volume_probabilities = volume_score(probabilities, metadata.volume_score, metadata.volume_score_k)
-        stacked = maps.permute(1, 0, 2, 3).numpy()  # (slices, classes, j, i) -> (classes, k, j, i)
+        stacked = maps.permute(1, 0, 2, 3)  # (slices, classes, j, i) -> (classes, k, j, i)
     else:
         slice_probabilities = None
         volume_probabilities = probabilities[0]
-        stacked = maps[0].numpy()
-    raw_max, scaled = scale_maps(stacked)
+        stacked = maps[0]
+    # One scale per class over the whole volume (for 2D models: over all slices together).
+    scaled, raw_max = (t[0].numpy() for t in normalise_maps(stacked.unsqueeze(0)))
     k, j, i = scaled.shape[1:]
     return Classification(
         class_names=metadata.class_names,
