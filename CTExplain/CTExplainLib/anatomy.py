@@ -42,14 +42,22 @@ def body_mask(ct: Volume, threshold_hu: float = -500.0) -> np.ndarray:
             float(array.min()),
             float(array.max()),
         )
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
-    above = sitk.BinaryThreshold(image, lowerThreshold=float(threshold_hu), upperThreshold=3.0e38, insideValue=1, outsideValue=0)
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(above), sortByObjectSize=True)
-    largest = sitk.GetArrayFromImage(components) == 1
-    if not largest.any():
+    # Memory matters on 512x512x300 CTs: the voxels keep their own type, and the largest
+    # component is picked from shape statistics rather than by relabelling the whole volume.
+    above = sitk.GetImageFromArray(np.ascontiguousarray(array)) > float(threshold_hu)
+    components = sitk.ConnectedComponent(above)
+    del above
+    statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.Execute(components)
+    if not statistics.GetLabels():
         logger.warning("body_mask: no voxel above %s HU; returning an empty mask", threshold_hu)
-        return largest
-    return np.stack([_fill_holes_2d(section) for section in largest])
+        return np.zeros(array.shape, dtype=bool)
+    biggest = max(statistics.GetLabels(), key=statistics.GetNumberOfPixels)
+    largest = sitk.GetArrayFromImage(components == biggest).astype(bool)
+    del components
+    for k, section in enumerate(largest):
+        largest[k] = _fill_holes_2d(section)
+    return largest
 
 
 def _fill_holes_2d(section: np.ndarray) -> np.ndarray:
@@ -57,6 +65,9 @@ def _fill_holes_2d(section: np.ndarray) -> np.ndarray:
         return section
     image = sitk.GetImageFromArray(section.astype(np.uint8))
     return sitk.GetArrayFromImage(sitk.BinaryFillhole(image, fullyConnected=False, foregroundValue=1)) > 0
+
+
+SLAB_SLICES = 16  # axial slices processed at once by the energy sums
 
 
 def _energy_map(heat: np.ndarray) -> np.ndarray:
@@ -88,33 +99,43 @@ def cam_energy_by_segment(
     from ``names`` are pooled under ``"unlisted_labels"``, which appears only when they exist.
     An all-zero map gives 0.0 everywhere.
     """
-    energy = _energy_map(heat)
+    heat = np.asarray(heat)
     labels = np.asarray(labels)
-    _check_same_shape(energy, labels, "label map")
+    _check_same_shape(heat, labels, "label map")
     _check_names(names, body is not None)
     if body is not None:
         body = np.asarray(body, dtype=bool)
-        _check_same_shape(energy, body, "body mask")
+        _check_same_shape(heat, body, "body mask")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"label map holds negative labels (min {labels.min()})")
 
-    # One bincount gives every label's energy in a single pass over the volume.
-    flat_labels = labels.ravel().astype(np.int64)
-    if flat_labels.size and flat_labels.min() < 0:
-        raise ValueError(f"label map holds negative labels (min {flat_labels.min()})")
-    per_label = np.bincount(flat_labels, weights=energy.ravel()) if flat_labels.size else np.zeros(1)
-    present = np.unique(flat_labels)
-    total = float(energy.sum())
+    # bincount per slab of slices: one pass, and memory bounded by the slab, not the volume.
+    length = int(labels.max()) + 1 if labels.size else 1
+    per_label = np.zeros(length)
+    voxels = np.zeros(length, dtype=np.int64)
+    background_in_body = background_outside = 0.0
+    for start in range(0, heat.shape[0] if heat.ndim else 0, SLAB_SLICES):
+        energy = _energy_map(heat[start : start + SLAB_SLICES])
+        slab_labels = labels[start : start + SLAB_SLICES].ravel()
+        per_label += np.bincount(slab_labels, weights=energy.ravel(), minlength=length)
+        voxels += np.bincount(slab_labels, minlength=length)
+        if body is not None:
+            background = (labels[start : start + SLAB_SLICES] == 0)
+            inside = body[start : start + SLAB_SLICES]
+            background_in_body += float(energy[background & inside].sum())
+            background_outside += float(energy[background & ~inside].sum())
+    total = float(per_label.sum())
 
     sums: Dict[str, float] = {name: _at(per_label, value) for value, name in names.items()}
     listed = set(int(v) for v in names) | {0}
-    unlisted = [int(v) for v in present if int(v) not in listed]
+    unlisted = [v for v in np.flatnonzero(voxels) if int(v) not in listed]
     if unlisted:
         sums[UNLISTED_LABELS] = float(sum(per_label[v] for v in unlisted))
     if body is None:
         sums[BACKGROUND] = _at(per_label, 0)
     else:
-        background = labels == 0
-        sums[BACKGROUND] = float(energy[background & body].sum())
-        sums[OUTSIDE_BODY] = float(energy[background & ~body].sum())
+        sums[BACKGROUND] = background_in_body
+        sums[OUTSIDE_BODY] = background_outside
     if total <= 0.0:
         return {name: 0.0 for name in sums}
     return {name: value / total for name, value in sums.items()}

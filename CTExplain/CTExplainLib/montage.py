@@ -49,6 +49,14 @@ def panel_shape(rows: int, columns: int, row_spacing: float, column_spacing: flo
     return PanelShape(max(1, int(round(height_mm * scale))), max(1, int(round(width_mm * scale))))
 
 
+def slice_energy(heat: np.ndarray) -> np.ndarray:
+    """Sum of the non-negative, finite heat of each axial slice (k), in float64.
+
+    Slice by slice, so that no temporary copy of the whole (possibly 512x512x300) map is made.
+    """
+    return np.array([np.clip(np.nan_to_num(section), 0, None).sum(dtype=np.float64) for section in heat])
+
+
 def key_slices(heat: np.ndarray, count: int = 3) -> List[int]:
     """The ``count`` axial slices (k) holding most heat, distinct and in increasing order.
 
@@ -57,7 +65,7 @@ def key_slices(heat: np.ndarray, count: int = 3) -> List[int]:
     """
     depth = heat.shape[0]
     count = max(0, min(int(count), depth))
-    energy = np.clip(np.nan_to_num(heat.astype(np.float64)), 0, None).reshape(depth, -1).sum(axis=1)
+    energy = slice_energy(heat)
     if count == 0:
         return []
     if not np.any(energy > 0):
@@ -252,7 +260,8 @@ def finding_montage(
     heat = np.asarray(heat)
     _check_inputs(ct, heat, labels, slices)
     chosen = key_slices(heat, slices)
-    total = float(np.clip(np.nan_to_num(heat.astype(np.float64)), 0, None).sum())
+    energy = slice_energy(heat)
+    total = float(energy.sum())
     rows = [(k, slice_panels(ct, heat, labels, k, window, MAX_PANEL_PX, label_colors, radiological)) for k in chosen]
     layout = montage_layout(montage_panel_shape(ct), len(rows))
     canvas = Image.new("RGB", (layout["width"], layout["height"]), (0, 0, 0))
@@ -261,7 +270,7 @@ def finding_montage(
         _draw_text(canvas, (layout["left"] + column * layout["column_pitch"], TEXT_LINE_PX + 2), name)
     for row, (k, panels) in enumerate(rows):
         top = layout["first_panel_top"] + row * layout["row_pitch"]
-        share = float(np.clip(np.nan_to_num(heat[k]), 0, None).sum()) / total if total > 0 else 0.0
+        share = float(energy[k]) / total if total > 0 else 0.0
         _draw_text(canvas, (GAP_PX, top - TEXT_LINE_PX + 1), f"slice k={k}  ({100.0 * share:.0f}% of map energy)")
         for column, panel in enumerate(panels):
             canvas.paste(Image.fromarray(panel), (layout["left"] + column * layout["column_pitch"], top))

@@ -5,7 +5,7 @@ computed on a model's grid lands on the input's grid at the same physical points
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,6 +37,46 @@ def resample_image(
     )
 
 
+SLAB_VOXELS = 1 << 24  # output voxels resampled at once: bounds memory on large grids
+
+
+def image_on_grid(array: np.ndarray, grid: Grid) -> sitk.Image:
+    """A SimpleITK image of an array indexed [k, j, i] placed on ``grid``."""
+    if tuple(array.shape) != grid.shape:
+        raise ValueError(f"array shape {array.shape} does not match grid shape {grid.shape}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    grid.apply_to(image)
+    return image
+
+
+def slabs(grid: Grid) -> Iterator[Tuple[int, int]]:
+    """(start, stop) ranges of slices k covering ``grid`` in pieces of about SLAB_VOXELS."""
+    step = max(1, SLAB_VOXELS // (grid.size[0] * grid.size[1]))
+    for start in range(0, grid.size[2], step):
+        yield start, min(start + step, grid.size[2])
+
+
+def resample_image_to_array(
+    image: sitk.Image,
+    target: Grid,
+    interpolation: str = "linear",
+    default_value: float = 0.0,
+    output_type: int = sitk.sitkFloat32,
+) -> np.ndarray:
+    """``image`` resampled onto ``target``, returned as [k, j, i], computed slab by slab so that
+    the only full-size allocation is the result itself."""
+    result: Optional[np.ndarray] = None
+    for start, stop in slabs(target):
+        piece = resample_image(image, target.slab(start, stop), interpolation, default_value, output_type)
+        view = sitk.GetArrayViewFromImage(piece)
+        if result is None:
+            result = np.empty(target.shape, dtype=view.dtype)
+        result[start:stop] = view
+        del view, piece  # the view must not outlive its image
+    assert result is not None  # a grid has at least one slice
+    return result
+
+
 def resample_array(
     array: np.ndarray,
     source: Grid,
@@ -46,11 +86,7 @@ def resample_array(
     output_type: int = sitk.sitkFloat32,
 ) -> np.ndarray:
     """Resample an array indexed [k, j, i] on ``source`` onto ``target``; returns [k, j, i]."""
-    if tuple(array.shape) != source.shape:
-        raise ValueError(f"array shape {array.shape} does not match source grid {source.shape}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    source.apply_to(image)
-    return sitk.GetArrayFromImage(resample_image(image, target, interpolation, default_value, output_type))
+    return resample_image_to_array(image_on_grid(array, source), target, interpolation, default_value, output_type)
 
 
 def resample_volume(

@@ -17,7 +17,7 @@ from monai.inferers import sliding_window_inference
 from .devices import autocast, with_cpu_fallback
 from .model_package import LoadedModel
 from .preprocess import ModelInput, preprocess
-from .resample import resample_array
+from .resample import image_on_grid, resample_image_to_array, slabs
 from .volume import Grid, Volume
 from .writing import SegmentInfo
 
@@ -52,14 +52,20 @@ def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.de
 
 
 def labels_on_grid(probabilities: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
-    """Arg-max over segments of probabilities resampled onto ``target``, one segment at a time."""
-    best = resample_array(probabilities[0], source, target, "linear", 1.0)  # outside the CT: background
-    labels = np.zeros(target.shape, dtype=np.uint8 if len(probabilities) < 256 else np.uint16)
-    for index in range(1, len(probabilities)):
-        candidate = resample_array(probabilities[index], source, target, "linear", 0.0)
-        better = candidate > best
-        labels[better] = index
-        np.maximum(best, candidate, out=best)
+    """Arg-max over segments of the probabilities resampled (linearly) onto ``target``.
+
+    Slab by slab, so memory holds the label map plus one slab per segment.
+    """
+    channels = [image_on_grid(p, source) for p in probabilities]
+    labels = np.zeros(target.shape, dtype=np.uint8 if len(channels) < 256 else np.uint16)
+    for start, stop in slabs(target):
+        slab = target.slab(start, stop)
+        best = resample_image_to_array(channels[0], slab, "linear", 1.0)  # outside the CT: background
+        for index in range(1, len(channels)):
+            candidate = resample_image_to_array(channels[index], slab, "linear", 0.0)
+            better = candidate > best
+            labels[start:stop][better] = index
+            np.maximum(best, candidate, out=best)
     return labels
 
 

@@ -85,6 +85,11 @@ class Grid:
         matrix = self.ijk_to_lps()
         return np.linalg.solve(matrix[:3, :3], np.asarray(lps, dtype=np.float64) - matrix[:3, 3])
 
+    def slab(self, start: int, stop: int) -> "Grid":
+        """The part of this grid made of slices k in [start, stop)."""
+        size = (self.size[0], self.size[1], stop - start)
+        return Grid(size, self.spacing, tuple(self.index_to_point((0, 0, start))), self.direction)
+
     def is_left_handed(self) -> bool:
         return bool(np.linalg.det(self.direction) < 0)
 

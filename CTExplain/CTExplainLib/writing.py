@@ -29,6 +29,10 @@ import SimpleITK as sitk
 
 from .volume import Volume
 
+# Fast gzip: on a 512x512x133 CT, level 9 (pynrrd's default) took 22 s for a .seg.nrrd
+# that level 1 writes in a fraction of that, for a few per cent more bytes.
+GZIP_LEVEL = 1
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
@@ -195,7 +199,7 @@ def _geometry_only_image(array: np.ndarray, volume: Volume) -> sitk.Image:
 
 def _write_sitk(image: sitk.Image, path: Path, compress: bool) -> None:
     with atomic_output(path) as temporary:
-        sitk.WriteImage(image, str(temporary), bool(compress))
+        sitk.WriteImage(image, str(temporary), bool(compress), GZIP_LEVEL)
     logger.debug("wrote %s", path)
 
 
@@ -321,7 +325,7 @@ def write_segmentation(labels: Volume, segments: Sequence[SegmentInfo], path: Pa
     _check_segments(values, segments)
     segmentation = _segmentation_dict(values, labels, segments)
     with atomic_output(path) as temporary:
-        slicerio.write_segmentation(str(temporary), segmentation)
+        slicerio.write_segmentation(str(temporary), segmentation, compression_level=GZIP_LEVEL)
     logger.debug("wrote segmentation %s with %d segments", path, len(segments))
     return path
 
