@@ -178,3 +178,22 @@ def test_anatomy_stats_collects_and_serialises() -> None:
     empty = anatomy_stats("nothing", Volume(np.zeros(labels.shape, np.float32), grid), labels, NAMES)
     assert empty.peak_index_kji is None and empty.dominant_segment() is None
     json.dumps(empty.to_dict())
+
+
+@pytest.mark.slow
+def test_body_mask_on_shrunk_grid_matches_full_resolution(data_dir, monkeypatch) -> None:
+    """LIDC's 0.7 mm pixels are shrunk 2x in-plane for the mask; the outline must not move."""
+    from CTExplainLib import anatomy
+    from CTExplainLib.loading import load_volume
+
+    ct = load_volume(data_dir / "lidc-idri-0001")
+    shrunk = anatomy.body_mask(ct)
+    monkeypatch.setattr(anatomy, "BODY_MASK_SPACING_MM", 0.0)
+    full = anatomy.body_mask(ct)
+    assert shrunk.shape == full.shape == ct.array.shape
+    disagreement = np.count_nonzero(shrunk != full) / full.sum()
+    assert disagreement < 0.01, f"{disagreement:.2%} of the body differs"
+    # Lung air in the middle slice (well inside the body, below -900 HU) is in the mask.
+    middle = ct.array.shape[0] // 2
+    lung = (ct.array[middle] < -900) & full[middle]
+    assert lung.sum() > 1000 and shrunk[middle][lung].mean() > 0.99

@@ -8,7 +8,10 @@ prints key=value lines:
     peak_rss_mb=... baseline_rss_mb=... input_float32_mb=... peak_rss_over_input=...
     (peak_rss_minus_baseline_over_input=... leaves out the fixed cost of importing torch)
 
-    python bench/bench_pipeline.py [--model PKG] [--segmenter PKG]
+    python bench/bench_pipeline.py [--model PKG] [--segmenter PKG] [--untrained-network DenseNet121]
+
+``--untrained-network`` builds, for the run, an untrained 18-class 3D classifier of that
+registry network at 128x128x64 (the size of the CAM benchmark) instead of ``--model``.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LIDC = REPO.parent / "shared" / "data" / "lidc-idri-0001"
-MODEL_STAGES = ("classify+explain", "segment")
+MODEL_STAGES = ("classify+explain", "segment")  # networks (with their own preprocessing); not mapping or writing
 
 
 def peak_rss_mb() -> float:
@@ -63,6 +66,15 @@ def make_300_slice_volume(target: Path) -> Path:
     return target
 
 
+def untrained_classifier(path: Path, network: str) -> Path:
+    from CTExplainLib.demo_models import LUNG, untrained_package
+    from CTExplainLib.model_package import InputSpec
+
+    spec = InputSpec(3, [LUNG], spacing=(2.8, 2.8, 5.2), size=(128, 128, 64), orientation="LPS")
+    names = [f"finding {n + 1}" for n in range(18)]
+    return untrained_package(path, f"untrained-{network}-18", "multilabel", network, names, spec)
+
+
 def report(name: str, numbers: dict) -> None:
     timings = numbers["timings"]
     total = sum(timings.values())
@@ -86,12 +98,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="demo-chest-classifier-untrained")
     parser.add_argument("--segmenter", default="demo-chest-segmenter-untrained")
+    parser.add_argument("--untrained-network", default=None, help="benchmark an untrained 18-class classifier of this registry network")
     parser.add_argument("--child", nargs=2, type=Path, metavar=("INPUT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1], args.model, args.segmenter)
         return 0
     with tempfile.TemporaryDirectory() as scratch:
+        if args.untrained_network:
+            args.model = str(untrained_classifier(Path(scratch) / "classifier", args.untrained_network))
         cases = {"lidc_512x512x133": LIDC, "lidc_512x512x300": make_300_slice_volume(Path(scratch) / "lidc300.nrrd")}
         print(f"model={args.model}")
         print(f"segmenter={args.segmenter}")

@@ -13,10 +13,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .volume import Volume
+from .resample import resample_array
+from .volume import Grid, Volume
 
 logger = logging.getLogger(__name__)
 
+BODY_MASK_SPACING_MM = 1.5
 BACKGROUND = "background"
 OUTSIDE_BODY = "outside_body"
 UNLISTED_LABELS = "unlisted_labels"
@@ -44,20 +46,28 @@ def body_mask(ct: Volume, threshold_hu: float = -500.0) -> np.ndarray:
         )
     # Memory matters on 512x512x300 CTs: the voxels keep their own type, and the largest
     # component is picked from shape statistics rather than by relabelling the whole volume.
-    above = sitk.GetImageFromArray(np.ascontiguousarray(array)) > float(threshold_hu)
-    components = sitk.ConnectedComponent(above)
-    del above
+    # Sub-millimetre slices are averaged in-plane to about BODY_MASK_SPACING_MM first: the
+    # outline of a body needs no finer voxels, and the work shrinks by the square.
+    image = ct.to_sitk()
+    shrink = max(1, int(BODY_MASK_SPACING_MM // min(ct.grid.spacing[:2])))
+    if shrink > 1:
+        image = sitk.BinShrink(image, [shrink, shrink, 1])
+    mask_grid = Grid.of_image(image)
+    components = sitk.ConnectedComponent(image > float(threshold_hu))
+    del image
     statistics = sitk.LabelShapeStatisticsImageFilter()
     statistics.Execute(components)
     if not statistics.GetLabels():
         logger.warning("body_mask: no voxel above %s HU; returning an empty mask", threshold_hu)
         return np.zeros(array.shape, dtype=bool)
     biggest = max(statistics.GetLabels(), key=statistics.GetNumberOfPixels)
-    largest = sitk.GetArrayFromImage(components == biggest).astype(bool)
+    largest = sitk.GetArrayFromImage(components == biggest)
     del components
     for k, section in enumerate(largest):
-        largest[k] = _fill_holes_2d(section)
-    return largest
+        largest[k] = _fill_holes_2d(section.astype(bool))
+    if shrink == 1:
+        return largest.astype(bool)
+    return resample_array(largest, mask_grid, ct.grid, "nearest", 0.0, sitk.sitkUInt8).astype(bool)
 
 
 def _fill_holes_2d(section: np.ndarray) -> np.ndarray:

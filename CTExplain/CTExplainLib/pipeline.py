@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,34 @@ class StageTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+class BackgroundWriter:
+    """Runs one write at a time on a thread (SimpleITK releases the GIL while it compresses),
+    so that writing a heat map overlaps computing the next one. At most one write is pending,
+    so at most two heat maps are in memory; a failed write raises at the next call."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctexplain-writer")
+        self.pending: Optional[Future] = None
+
+    def submit(self, write: Callable[..., Any], *args: Any) -> None:
+        self.wait()
+        self.pending = self.pool.submit(write, *args)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 def select_findings(classification: Classification, threshold: float, requested: Optional[Sequence[str]]) -> List[int]:
     """Which findings get a heat map: those asked for; else all (≤ 8 classes); else those above threshold."""
     names = classification.class_names
@@ -129,8 +158,7 @@ def analyse(
         classification = classify_and_explain(classifier, model_input, options.method, device)
     segmentation = None
     if segmenter is not None:
-        with timer.stage("segment"):
-            segmentation = segment(segmenter, volume, device)
+        segmentation = segment(segmenter, volume, device, timer.stage)
     return Analysis(volume, classification, segmentation)
 
 
@@ -159,29 +187,31 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
         body = body_mask(volume) if volume.metadata.get("intensity", "hu") == "hu" else None
     chosen = select_findings(classification, classifier.metadata.threshold, options.classes)
     findings: List[Dict[str, Any]] = []
-    for index, name in enumerate(classification.class_names):
-        probability = float(classification.probabilities[index])
-        record: Dict[str, Any] = {
-            "name": name,
-            "probability": probability,
-            "above_threshold": probability >= classifier.metadata.threshold,
-            "cam_raw_max": float(classification.raw_max[index]),
-            "heat_map": None,
-        }
-        if index in chosen:
-            with timer.stage("heat maps"):
-                heat = classification.heat_map(index, volume.grid)
-            with timer.stage("statistics"):
-                record.update(_finding_stats(analysis, heat, body, options))
-            with timer.stage("write"):
-                file_name = f"heatmap_{slug(name)}{extension}"
-                write_image(volume.with_array(heat), folder / file_name)
-                record["heat_map"] = file_name
-                montage = finding_montage(volume, heat, labels, f"{name}  p={probability:.3f}  ({options.method})", radiological=True)
-                record["montage"] = f"montage_{slug(name)}.png"
-                write_png(montage, folder / record["montage"])
-            del heat
-        findings.append(record)
+    with BackgroundWriter() as writer:
+        for index, name in enumerate(classification.class_names):
+            probability = float(classification.probabilities[index])
+            record: Dict[str, Any] = {
+                "name": name,
+                "probability": probability,
+                "above_threshold": probability >= classifier.metadata.threshold,
+                "cam_raw_max": float(classification.raw_max[index]),
+                "heat_map": None,
+            }
+            if index in chosen:
+                with timer.stage("heat maps"):
+                    heat = classification.heat_map(index, volume.grid)
+                with timer.stage("statistics"):
+                    record.update(_finding_stats(analysis, heat, body, options))
+                with timer.stage("write"):
+                    record["heat_map"] = f"heatmap_{slug(name)}{extension}"
+                    writer.submit(write_image, volume.with_array(heat), folder / record["heat_map"])
+                    montage = finding_montage(volume, heat, labels, f"{name}  p={probability:.3f}  ({options.method})", radiological=True)
+                    record["montage"] = f"montage_{slug(name)}.png"
+                    write_png(montage, folder / record["montage"])
+                del heat
+            findings.append(record)
+        with timer.stage("write"):
+            writer.wait()
     warnings = list(volume.metadata.get("warnings", [])) + classification.warnings
     if analysis.segmentation is not None:
         warnings += analysis.segmentation.warnings
@@ -222,7 +252,7 @@ def explain_case(
 ) -> CaseResult:
     """Run one case into ``out_dir`` (created complete or not at all); errors are reported, not raised."""
     options = options or ExplainOptions()
-    stages = ["load", "preprocess", "classify+explain"] + (["segment"] if segmenter else []) + ["heat maps", "statistics", "write"]
+    stages = ["load", "preprocess", "classify+explain"] + (["segment", "map labels"] if segmenter else []) + ["heat maps", "statistics", "write"]
     timer = StageTimer(progress or _no_progress, stages)
     result = CaseResult(input=str(input_path))
     try:

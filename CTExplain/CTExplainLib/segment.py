@@ -7,8 +7,9 @@ whatever the number of segments.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import List
+from typing import Callable, ContextManager, List
 
 import numpy as np
 import torch
@@ -69,13 +70,21 @@ def labels_on_grid(probabilities: np.ndarray, source: Grid, target: Grid) -> np.
     return labels
 
 
-def segment(model: LoadedModel, volume: Volume, device: torch.device) -> Segmentation:
+def _no_stage(name: str) -> ContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def segment(model: LoadedModel, volume: Volume, device: torch.device, stage: Callable[[str], ContextManager[None]] = _no_stage) -> Segmentation:
+    """Label map of ``volume`` on its own grid; ``stage`` times "segment" (preprocessing and the
+    network) apart from "map labels" (probabilities to the input grid, arg-max)."""
     metadata = model.metadata
     if metadata.task != "segmentation":
         raise ValueError(f"{model.path}: is a {metadata.task} classifier, not a segmentation model")
-    model_input = preprocess(volume, metadata.input, crop=False)
-    warnings: List[str] = list(model_input.warnings)
-    probabilities = with_cpu_fallback(lambda d: _probabilities(model, model_input, d), device, warnings)
-    labels = labels_on_grid(probabilities, model_input.grid, volume.grid)
+    with stage("segment"):
+        model_input = preprocess(volume, metadata.input, crop=False)
+        warnings: List[str] = list(model_input.warnings)
+        probabilities = with_cpu_fallback(lambda d: _probabilities(model, model_input, d), device, warnings)
+    with stage("map labels"):
+        labels = labels_on_grid(probabilities, model_input.grid, volume.grid)
     segments = [SegmentInfo(index, c.name, tuple(c.color)) for index, c in enumerate(metadata.classes) if index > 0]
     return Segmentation(volume.with_array(labels, kind="labels", model=metadata.name), segments, warnings)
