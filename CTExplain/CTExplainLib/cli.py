@@ -21,6 +21,7 @@ from .errors import CTExplainError
 from .model_package import LoadedModel, load_package
 from .models_catalog import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER, SAMPLE_CASES, find_packages, resolve_package
 from .pipeline import METHODS, CaseResult, ExplainOptions, explain_case
+from .slice_labels import read_slice_labels
 
 LOG = logging.getLogger("ctexplain")
 EXIT_CASE_FAILED = 2
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--series", dest="series_uid", default=None, help="SeriesInstanceUID to load from a DICOM folder")
     explain.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), help="mm spacing of 2D image stacks")
     explain.add_argument("--format", dest="image_format", choices=("nrrd", "nii.gz"), default="nrrd")
+    explain.add_argument("--slice-labels", type=Path, default=None, help="CSV (case,slice,positive): report CAM energy in positive slices")
     explain.add_argument("--keep-phi", action="store_true", help="keep patient name/ID in result.json")
     explain.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -91,6 +93,11 @@ def run_explain(args: argparse.Namespace) -> int:
     except CTExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CASE_FAILED
+    try:
+        slice_labels = read_slice_labels(args.slice_labels) if args.slice_labels else None
+    except CTExplainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CASE_FAILED
     options = ExplainOptions(
         method=args.method,
         classes=args.classes,
@@ -99,6 +106,7 @@ def run_explain(args: argparse.Namespace) -> int:
         keep_phi=args.keep_phi,
         series_uid=args.series_uid,
         image_spacing=tuple(args.spacing) if args.spacing else None,
+        slice_labels=slice_labels,
     )
     cases, problems = discover_cases(inputs)
     results: List[CaseResult] = [CaseResult(input=str(path), error=problem) for path, problem in problems]

@@ -21,12 +21,14 @@ import numpy as np
 from .anatomy import body_mask, cam_energy_by_segment, cam_energy_in_positive_slices
 from .classify import Classification, classify_and_explain
 from .devices import resolve_device
+from .discovery import case_name
 from .errors import CTExplainError, InputError
 from .loading import load_volume
 from .model_package import LoadedModel
 from .montage import finding_montage
 from .preprocess import preprocess
 from .segment import Segmentation, segment
+from .slice_labels import positive_slices
 from .volume import Volume
 from .writing import case_output_directory, write_image, write_json, write_label_map, write_png, write_segmentation
 
@@ -46,7 +48,7 @@ class ExplainOptions:
     keep_phi: bool = False
     series_uid: Optional[str] = None
     image_spacing: Optional[Tuple[float, float, float]] = None  # for 2D image stacks
-    positive_slices: Optional[Sequence[bool]] = None  # per axial slice, where slice labels exist
+    slice_labels: Optional[Dict[str, Dict[int, bool]]] = None  # per case, see slice_labels.py
 
 
 @dataclass
@@ -134,6 +136,7 @@ class Analysis:
     volume: Volume
     classification: Classification
     segmentation: Optional[Segmentation]
+    positive_slices: Optional[Sequence[bool]] = None  # per axial slice, where slice labels exist
 
 
 def analyse(
@@ -169,8 +172,8 @@ def _finding_stats(analysis: Analysis, heat: np.ndarray, body: Optional[np.ndarr
         stats["cam_energy_by_segment"] = cam_energy_by_segment(heat, analysis.segmentation.labels.array, names, body)
     elif body is not None:
         stats["cam_energy_by_segment"] = cam_energy_by_segment(heat, np.zeros(heat.shape, np.uint8), {}, body)
-    if options.positive_slices is not None:
-        stats["cam_energy_in_positive_slices"] = cam_energy_in_positive_slices(heat, options.positive_slices)
+    if analysis.positive_slices is not None:
+        stats["cam_energy_in_positive_slices"] = cam_energy_in_positive_slices(heat, analysis.positive_slices)
     return stats
 
 
@@ -259,6 +262,8 @@ def explain_case(
         with timer.stage("load"):
             volume = load_volume(input_path, series_uid=options.series_uid, image_spacing=options.image_spacing)
         analysis = analyse(volume, classifier, segmenter, options, timer)
+        if options.slice_labels is not None:
+            analysis.positive_slices = positive_slices(options.slice_labels, case_name(input_path), volume.grid.size[2])
         with case_output_directory(out_dir) as staging:
             record = write_analysis(analysis, staging, classifier, segmenter, options, timer)
             record["timings_s"]["total"] = sum(timer.seconds.values())
