@@ -8,7 +8,6 @@ from typing import Dict
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from CTExplainLib.anatomy import (
     AnatomyStats,
@@ -20,16 +19,6 @@ from CTExplainLib.anatomy import (
 from CTExplainLib.volume import Grid, Volume
 
 LUNG_LABELS = (10, 11, 12, 13, 14)  # TotalSegmentator v2 lung lobes
-
-
-@pytest.fixture(scope="module")
-def real_ct(data_dir: Path) -> Volume:
-    return Volume.from_sitk(sitk.ReadImage(str(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz")))
-
-
-@pytest.fixture(scope="module")
-def real_seg(data_dir: Path) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "totalsegmentator" / "example_seg.nii.gz")))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ makes EfficientNet's features vanish (~1e-13) and would make the comparison vacu
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest

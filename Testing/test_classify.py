@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 from CTExplainLib.classify import classify_and_explain, volume_score
@@ -15,11 +14,6 @@ from CTExplainLib.preprocess import preprocess
 from CTExplainLib.volume import Volume
 
 
-@pytest.fixture(scope="module")
-def chest(data_dir: Path) -> Volume:
-    return Volume.from_sitk(sitk.ReadImage(str(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz")))
-
-
 def test_volume_score_rules() -> None:
     slices = np.array([[0.1, 0.9], [0.7, 0.2], [0.4, 0.3], [0.2, 0.8]])
     np.testing.assert_allclose(volume_score(slices, "max", 3), [0.7, 0.9])
@@ -27,36 +21,36 @@ def test_volume_score_rules() -> None:
     np.testing.assert_allclose(volume_score(slices[:1], "topk_mean", 3), slices[0])
 
 
-def test_2d_model_runs_slice_by_slice(chest: Volume, tmp_path: Path) -> None:
+def test_2d_model_runs_slice_by_slice(real_ct: Volume, tmp_path: Path) -> None:
     spec = InputSpec(2, [SOFT_TISSUE, LUNG], spacing=(4.0, 4.0), size=(64, 64), orientation="LPS")
     model = load_package(untrained_package(tmp_path / "m2d", "slices", "multilabel", "CompactCNN", ["a", "b"], spec, seed=3))
-    model_input = preprocess(chest, spec)
+    model_input = preprocess(real_ct, spec)
     result = classify_and_explain(model, model_input, "gradcam", torch.device("cpu"))
     slices = model_input.tensor.shape[1]
-    assert slices == chest.grid.size[2]  # one model slice per CT slice
+    assert slices == real_ct.grid.size[2]  # one model slice per CT slice
     assert result.slice_probabilities.shape == (slices, 2)
     np.testing.assert_allclose(result.probabilities, result.slice_probabilities.max(axis=0))
     with torch.no_grad():
         alone = torch.sigmoid(model.network(model_input.slices()[7:8])).numpy()[0]
     np.testing.assert_allclose(result.slice_probabilities[7], alone, atol=1e-5)
     assert result.maps.shape[:2] == (2, slices)
-    assert result.feature_grid.size[2] == slices and result.feature_grid.spacing[2] == pytest.approx(chest.grid.spacing[2])
+    assert result.feature_grid.size[2] == slices and result.feature_grid.spacing[2] == pytest.approx(real_ct.grid.spacing[2])
     assert result.maps.max() == pytest.approx(1.0)  # scaled over the whole stack, not per slice
     per_slice_max = result.maps[0].reshape(slices, -1).max(axis=1)
     assert (per_slice_max < 0.999).any()
 
 
-def test_multiclass_uses_softmax(chest: Volume, tmp_path: Path) -> None:
+def test_multiclass_uses_softmax(real_ct: Volume, tmp_path: Path) -> None:
     spec = InputSpec(3, [SOFT_TISSUE], spacing=(6.0, 6.0, 6.0), size=(32, 32, 16), orientation="LPS")
     model = load_package(untrained_package(tmp_path / "mc", "mc", "multiclass", "CompactCNN", ["a", "b", "c", "d"], spec))
-    result = classify_and_explain(model, preprocess(chest, spec), "gradcampp", torch.device("cpu"))
+    result = classify_and_explain(model, preprocess(real_ct, spec), "gradcampp", torch.device("cpu"))
     assert result.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     assert result.maps.shape[0] == 4 and result.method == "gradcampp"
 
 
-def test_segmenter_is_not_a_classifier(chest: Volume) -> None:
+def test_segmenter_is_not_a_classifier(real_ct: Volume) -> None:
     from CTExplainLib.models_catalog import DEFAULT_SEGMENTER, resolve_package
 
     model = load_package(resolve_package(DEFAULT_SEGMENTER))
     with pytest.raises(ValueError, match="segmentation model"):
-        classify_and_explain(model, preprocess(chest, model.metadata.input), "gradcam", torch.device("cpu"))
+        classify_and_explain(model, preprocess(real_ct, model.metadata.input), "gradcam", torch.device("cpu"))

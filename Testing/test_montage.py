@@ -1,12 +1,10 @@
 """Key-slice montage: the right slices, the heat where it belongs, the CT untouched elsewhere."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Tuple
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from PIL import Image
 
 from CTExplainLib.montage import (
@@ -24,16 +22,6 @@ from CTExplainLib.montage import (
 from CTExplainLib.volume import Grid, Volume
 
 BLOB_KJI = (20, 35, 30)  # off-centre in j and i, so a flipped or transposed panel misses it
-
-
-@pytest.fixture(scope="module")
-def real_ct(data_dir: Path) -> Volume:
-    return Volume.from_sitk(sitk.ReadImage(str(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz")))
-
-
-@pytest.fixture(scope="module")
-def real_seg(data_dir: Path) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "totalsegmentator" / "example_seg.nii.gz")))
 
 
 def blob(shape: Tuple[int, int, int], centre: Tuple[int, int, int], radius: float = 4.0) -> np.ndarray:

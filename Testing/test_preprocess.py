@@ -1,7 +1,6 @@
 """The model grid and the network input, checked in physical space on a real CT."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,30 +14,25 @@ SOFT = ChannelSpec("soft", 40.0, 400.0)
 LUNG = ChannelSpec("lung", -600.0, 1500.0)
 
 
-@pytest.fixture(scope="module")
-def chest(data_dir: Path) -> Volume:
-    return Volume.from_sitk(sitk.ReadImage(str(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz")))
-
-
 def centre(grid: Grid) -> np.ndarray:
     return grid.index_to_point((np.asarray(grid.size) - 1) / 2.0)
 
 
-def test_model_grid_is_centred_and_oriented(chest: Volume) -> None:
+def test_model_grid_is_centred_and_oriented(real_ct: Volume) -> None:
     spec = InputSpec(3, [SOFT], spacing=(2.0, 2.5, 4.0), size=(40, 30, 20), orientation="RAS")
-    grid = model_grid(chest.grid, spec)
+    grid = model_grid(real_ct.grid, spec)
     assert grid.size == (40, 30, 20) and grid.spacing == (2.0, 2.5, 4.0)
     np.testing.assert_allclose(grid.direction, np.diag([-1.0, -1.0, 1.0]))
-    np.testing.assert_allclose(centre(grid), centre(chest.grid), atol=1e-6)
+    np.testing.assert_allclose(centre(grid), centre(real_ct.grid), atol=1e-6)
 
 
-def test_uncropped_grid_covers_the_input(chest: Volume) -> None:
-    own_orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(tuple(chest.grid.direction.ravel()))
+def test_uncropped_grid_covers_the_input(real_ct: Volume) -> None:
+    own_orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(tuple(real_ct.grid.direction.ravel()))
     assert own_orientation == "RAS"
     spec = InputSpec(3, [SOFT], spacing=None, size=(16, 16, 16), orientation=own_orientation)
-    grid = model_grid(chest.grid, spec, crop=False)
+    grid = model_grid(real_ct.grid, spec, crop=False)
     # Same orientation and native spacing: the grid is the input's own grid.
-    assert grid.same_as(chest.grid, tolerance=1e-4)
+    assert grid.same_as(real_ct.grid, tolerance=1e-4)
 
 
 def test_oblique_input_native_spacing_follows_the_closest_axis() -> None:
@@ -51,12 +45,12 @@ def test_oblique_input_native_spacing_follows_the_closest_axis() -> None:
     np.testing.assert_allclose(centre(result), centre(grid), atol=1e-6)
 
 
-def test_network_input_samples_the_ct_at_the_same_points(chest: Volume) -> None:
+def test_network_input_samples_the_ct_at_the_same_points(real_ct: Volume) -> None:
     spec = InputSpec(3, [SOFT, LUNG], spacing=(3.5, 3.5, 3.5), size=(32, 32, 24), orientation="PIR")
-    model_input = preprocess(chest, spec)
+    model_input = preprocess(real_ct, spec)
     assert tuple(model_input.tensor.shape) == (2, 24, 32, 32)
     assert float(model_input.tensor.min()) >= 0.0 and float(model_input.tensor.max()) <= 1.0
-    image = chest.to_sitk()
+    image = real_ct.to_sitk()
     interpolator = sitk.sitkLinear
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -69,9 +63,9 @@ def test_network_input_samples_the_ct_at_the_same_points(chest: Volume) -> None:
         assert float(model_input.tensor[0, k, j, i]) == pytest.approx(expected, abs=1e-4)
 
 
-def test_outside_the_ct_is_air(chest: Volume) -> None:
+def test_outside_the_ct_is_air(real_ct: Volume) -> None:
     spec = InputSpec(3, [SOFT], spacing=(3.0, 3.0, 3.0), size=(200, 200, 200), orientation="LPS")
-    model_input = preprocess(chest, spec)
+    model_input = preprocess(real_ct, spec)
     assert float(model_input.tensor[0, 0, 0, 0]) == 0.0  # padded corner: -1024 HU under a soft-tissue window
 
 

@@ -24,6 +24,7 @@ from pydicom.misc import is_dicom
 
 from ..errors import InputError
 from ..volume import Grid, Volume
+from .metadata import volume_metadata
 
 LOG = logging.getLogger(__name__)
 
@@ -556,20 +557,20 @@ def _build(path: Path, series: DicomSeriesInfo, why: str, slices: List[_Slice], 
     for message in warnings:
         LOG.warning("%s: %s", path, message)
     header = first.header
-    metadata: Dict[str, Any] = {
-        "source": str(path),
-        "format": "dicom",
-        "modality": modality,
-        "series_uid": series.series_uid or None,
-        "series_description": series.description or None,
-        "series_number": series.series_number,
-        "series_choice": why,
-        "intensity": "hu" if modality in ("CT", None) else "native",
-        "warnings": warnings,
-        "dims": 2 if array.shape[0] == 1 else 3,
-        "slice_files": len(slices),
-        "regularised": plan.targets is not None,
-        "transfer_syntax": str(getattr(getattr(header, "file_meta", Dataset()).get("TransferSyntaxUID", ""), "name", "")),
-    }
+    metadata = volume_metadata(
+        path,
+        "dicom",
+        "hu" if modality in ("CT", None) else "native",
+        2 if array.shape[0] == 1 else 3,
+        modality=modality,
+        series_uid=series.series_uid or None,
+        series_description=series.description or None,
+        warnings=warnings,
+        series_number=series.series_number,
+        series_choice=why,
+        slice_files=len(slices),
+        regularised=plan.targets is not None,
+        transfer_syntax=str(getattr(getattr(header, "file_meta", Dataset()).get("TransferSyntaxUID", ""), "name", "")),
+    )
     LOG.info("loaded DICOM %s: %s, %d slices, size %s, spacing %s", path, series_text, len(slices), grid.size, grid.spacing)
     return Volume(array, grid, metadata=metadata, phi=_phi(header))

@@ -12,13 +12,14 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Optional
+from typing import BinaryIO, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
 from ..volume import Grid, Volume
+from .metadata import volume_metadata
 
 LOG = logging.getLogger(__name__)
 
@@ -209,17 +210,7 @@ def read_volume_file(path: Path) -> Volume:
     check_finite(path, array)
     file_type = str(array.dtype)
     array = compact(array)
-    metadata: Dict[str, Any] = {
-        "source": str(path),
-        "format": kind,
-        "modality": None,
-        "series_uid": None,
-        "series_description": None,
-        "intensity": "hu",
-        "warnings": [],
-        "dims": dims,
-        "file_voxel_type": file_type,
-    }
+    metadata = volume_metadata(path, kind, "hu", dims, file_voxel_type=file_type)
     LOG.info("loaded %s: %s, size %s, spacing %s", path, kind, image.GetSize(), image.GetSpacing())
     return Volume(array, Grid.of_image(image), metadata=metadata)
 

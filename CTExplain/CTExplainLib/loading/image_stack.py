@@ -11,13 +11,14 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 from ..volume import Grid, Volume
+from .metadata import volume_metadata
 
 LOG = logging.getLogger(__name__)
 
@@ -68,18 +69,8 @@ def read_gray8(path: Path) -> np.ndarray:
 
 def _volume(path: Path, array: np.ndarray, spacing: Tuple[float, float, float], kind: str, dims: int, files: int) -> Volume:
     grid = Grid(size=(array.shape[2], array.shape[1], array.shape[0]), spacing=spacing, origin=(0.0, 0.0, 0.0), direction=np.eye(3))
-    metadata: Dict[str, Any] = {
-        "source": str(path),
-        "format": kind,
-        "modality": None,
-        "series_uid": None,
-        "series_description": None,
-        "intensity": "display",
-        "warnings": [],
-        "dims": dims,
-        "slice_files": files,
-        "geometry": "assumed: columns +i, rows +j, file-name order +k, direction identity, origin 0",
-    }
+    geometry = "assumed: columns +i, rows +j, file-name order +k, direction identity, origin 0"
+    metadata = volume_metadata(path, kind, "display", dims, slice_files=files, geometry=geometry)
     return Volume(array, grid, metadata=metadata)
 
 
