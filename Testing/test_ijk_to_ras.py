@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from scipy.spatial.transform import Rotation
+import SimpleITK as sitk
 
 from CTExplainLib.loading import load_volume
 from CTExplainLib.volume import Grid
@@ -106,7 +106,7 @@ def test_loaded_grids_round_trip(data_dir: Path, source: str) -> None:
 
 @pytest.mark.parametrize("left_handed", [False, True])
 def test_oblique_grid_round_trips(left_handed: bool) -> None:
-    direction = Rotation.from_rotvec([0.3, -0.5, 0.8]).as_matrix()
+    direction = np.reshape(sitk.Euler3DTransform((0, 0, 0), 0.3, -0.5, 0.8).GetMatrix(), (3, 3))
     if left_handed:
         direction[:, 2] *= -1
     grid = Grid((40, 30, 20), (0.7, 0.8, 2.5), (-120.5, 33.25, 410.0), direction)

@@ -165,7 +165,7 @@ def analyse(
     return Analysis(volume, classification, segmentation)
 
 
-def _finding_stats(analysis: Analysis, heat: np.ndarray, body: Optional[np.ndarray], options: ExplainOptions) -> Dict[str, Any]:
+def _finding_stats(analysis: Analysis, heat: np.ndarray, body: Optional[np.ndarray]) -> Dict[str, Any]:
     stats: Dict[str, Any] = {}
     if analysis.segmentation is not None:
         names = {s.label: s.name for s in analysis.segmentation.segments}
@@ -204,7 +204,7 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
                 with timer.stage("heat maps"):
                     heat = classification.heat_map(index, volume.grid)
                 with timer.stage("statistics"):
-                    record.update(_finding_stats(analysis, heat, body, options))
+                    record.update(_finding_stats(analysis, heat, body))
                 with timer.stage("write"):
                     record["heat_map"] = f"heatmap_{slug(name)}{extension}"
                     writer.submit(write_image, volume.with_array(heat), folder / record["heat_map"])
