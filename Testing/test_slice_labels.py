@@ -49,5 +49,5 @@ def test_cli_reports_energy_in_positive_slices(data_dir: Path, tmp_path: Path, c
     )
     assert status == 0, capsys.readouterr().err
     findings = json.loads((tmp_path / "out" / "049" / "result.json").read_text())["findings"]
-    shares = [f["cam_energy_in_positive_slices"] for f in findings]
+    shares = [f["anatomy"]["energy_in_positive_slices"] for f in findings]
     assert len(shares) == 3 and all(0.0 <= s <= 1.0 for s in shares)

@@ -81,12 +81,13 @@ SLAB_SLICES = 16  # axial slices processed at once by the energy sums
 
 
 def _energy_map(heat: np.ndarray) -> np.ndarray:
-    values = np.asarray(heat, dtype=np.float64)
+    values = np.asarray(heat)
     if not np.all(np.isfinite(values)):
         raise ValueError("heat map holds NaN or infinite values")
     # Heat maps are non-negative by construction (ReLU'd CAMs); a negative value is not
-    # "negative evidence" energy, so it is not counted.
-    return np.clip(values, 0.0, None)
+    # "negative evidence" energy, so it is not counted. The map keeps its own float type:
+    # sums are taken in float64 by the callers.
+    return np.maximum(values, 0)
 
 
 def _check_same_shape(heat: np.ndarray, other: np.ndarray, what: str) -> None:
@@ -119,21 +120,21 @@ def cam_energy_by_segment(
     if labels.size and labels.min() < 0:
         raise ValueError(f"label map holds negative labels (min {labels.min()})")
 
-    # bincount per slab of slices: one pass, and memory bounded by the slab, not the volume.
+    # One weighted bincount per slab of slices over a region index (label, and whether the
+    # voxel is inside the body): a single pass, with memory bounded by the slab.
     length = int(labels.max()) + 1 if labels.size else 1
-    per_label = np.zeros(length)
+    inside = np.zeros(2 * length)  # [2 * label + inside_body]
     voxels = np.zeros(length, dtype=np.int64)
-    background_in_body = background_outside = 0.0
     for start in range(0, heat.shape[0] if heat.ndim else 0, SLAB_SLICES):
-        energy = _energy_map(heat[start : start + SLAB_SLICES])
+        energy = _energy_map(heat[start : start + SLAB_SLICES]).ravel()
         slab_labels = labels[start : start + SLAB_SLICES].ravel()
-        per_label += np.bincount(slab_labels, weights=energy.ravel(), minlength=length)
-        voxels += np.bincount(slab_labels, minlength=length)
+        region = slab_labels.astype(np.intp) * 2
         if body is not None:
-            background = (labels[start : start + SLAB_SLICES] == 0)
-            inside = body[start : start + SLAB_SLICES]
-            background_in_body += float(energy[background & inside].sum())
-            background_outside += float(energy[background & ~inside].sum())
+            region += body[start : start + SLAB_SLICES].ravel()
+        inside += np.bincount(region, weights=energy, minlength=2 * length)
+        voxels += np.bincount(slab_labels, minlength=length)
+    per_label = inside[0::2] + inside[1::2]
+    background_outside, background_in_body = float(inside[0]), float(inside[1])
     total = float(per_label.sum())
 
     sums: Dict[str, float] = {name: _at(per_label, value) for value, name in names.items()}
@@ -175,7 +176,7 @@ def cam_energy_in_positive_slices(heat: np.ndarray, positive_slices: Sequence[bo
     positive = np.asarray(positive_slices, dtype=bool)
     if positive.ndim != 1 or positive.shape[0] != energy.shape[0]:
         raise ValueError(f"{positive.shape[0] if positive.ndim else 0} slice labels for a map of {energy.shape[0]} slices")
-    per_slice = energy.reshape(energy.shape[0], -1).sum(axis=1)
+    per_slice = energy.reshape(energy.shape[0], -1).sum(axis=1, dtype=np.float64)
     total = float(per_slice.sum())
     return float(per_slice[positive].sum()) / total if total > 0 else 0.0
 

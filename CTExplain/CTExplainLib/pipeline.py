@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .anatomy import body_mask, cam_energy_by_segment, cam_energy_in_positive_slices
+from .anatomy import anatomy_stats, body_mask
 from .classify import Classification, classify_and_explain
 from .devices import resolve_device
 from .discovery import case_name
@@ -165,16 +165,14 @@ def analyse(
     return Analysis(volume, classification, segmentation)
 
 
-def _finding_stats(analysis: Analysis, heat: np.ndarray, body: Optional[np.ndarray]) -> Dict[str, Any]:
-    stats: Dict[str, Any] = {}
-    if analysis.segmentation is not None:
-        names = {s.label: s.name for s in analysis.segmentation.segments}
-        stats["cam_energy_by_segment"] = cam_energy_by_segment(heat, analysis.segmentation.labels.array, names, body)
-    elif body is not None:
-        stats["cam_energy_by_segment"] = cam_energy_by_segment(heat, np.zeros(heat.shape, np.uint8), {}, body)
-    if analysis.positive_slices is not None:
-        stats["cam_energy_in_positive_slices"] = cam_energy_in_positive_slices(heat, analysis.positive_slices)
-    return stats
+def _anatomy(analysis: Analysis, name: str, heat: np.ndarray, regions: Optional[np.ndarray], body: Optional[np.ndarray]) -> Dict[str, Any]:
+    """Where the finding's map lies: energy per segment, in and outside the body, in positive
+    slices, and the peak's position and region."""
+    names = {s.label: s.name for s in analysis.segmentation.segments} if analysis.segmentation is not None else {}
+    stats = anatomy_stats(name, analysis.volume.with_array(heat), regions, names, body, analysis.positive_slices)
+    record = stats.to_dict()
+    del record["finding"]
+    return record
 
 
 def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, segmenter: Optional[LoadedModel], options: ExplainOptions, timer: StageTimer) -> Dict[str, Any]:
@@ -188,6 +186,8 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
             write_segmentation(analysis.segmentation.labels, analysis.segmentation.segments, folder / "segmentation.seg.nrrd")
     with timer.stage("statistics"):
         body = body_mask(volume) if volume.metadata.get("intensity", "hu") == "hu" else None
+        # Without a segmentation, the body mask alone still splits the map into in and out.
+        regions = labels if labels is not None else (np.zeros(volume.grid.shape, np.uint8) if body is not None else None)
     chosen = select_findings(classification, classifier.metadata.threshold, options.classes)
     findings: List[Dict[str, Any]] = []
     with BackgroundWriter() as writer:
@@ -204,7 +204,7 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
                 with timer.stage("heat maps"):
                     heat = classification.heat_map(index, volume.grid)
                 with timer.stage("statistics"):
-                    record.update(_finding_stats(analysis, heat, body))
+                    record["anatomy"] = _anatomy(analysis, name, heat, regions, body)
                 with timer.stage("write"):
                     record["heat_map"] = f"heatmap_{slug(name)}{extension}"
                     writer.submit(write_image, volume.with_array(heat), folder / record["heat_map"])
