@@ -85,9 +85,11 @@ def _energy_map(heat: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(values)):
         raise ValueError("heat map holds NaN or infinite values")
     # Heat maps are non-negative by construction (ReLU'd CAMs); a negative value is not
-    # "negative evidence" energy, so it is not counted. The map keeps its own float type:
-    # sums are taken in float64 by the callers.
-    return np.maximum(values, 0)
+    # "negative evidence" energy, so it is not counted. No copy of a map that needs no
+    # clipping (a full-size CT map is hundreds of MB); sums are taken in float64 by callers.
+    if values.size and values.min() < 0:
+        return np.maximum(values, 0)
+    return values
 
 
 def _check_same_shape(heat: np.ndarray, other: np.ndarray, what: str) -> None:
