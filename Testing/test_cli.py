@@ -126,6 +126,15 @@ def test_bad_model_packages(change: str, words: str, data_dir: Path, packages, t
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_unknown_finding_name_stops_before_any_case(data_dir: Path, packages, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["explain", str(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz"), "--out", str(out), "--model", str(packages[0]), "--classes", "pneumothorax", "--no-progress"]
+    status, _, stderr = run(args, capsys)
+    assert status == 2
+    assert "pneumothorax" in stderr and "demo finding A" in stderr
+    assert not out.exists()
+
+
 def test_models_lists_shipped_packages(capsys) -> None:
     status, stdout, _ = run(["models"], capsys)
     assert status == 0

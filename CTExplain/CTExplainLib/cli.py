@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .discovery import discover_cases, unique_case_folders
 from .errors import CTExplainError
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_models(args: argparse.Namespace, device: str) -> "tuple[LoadedModel, Optional[LoadedModel]]":
+def _load_models(args: argparse.Namespace) -> Tuple[LoadedModel, Optional[LoadedModel]]:
     classifier = load_package(resolve_package(args.model or DEFAULT_CLASSIFIER))
     segmenter_name = args.segmenter if args.segmenter is not None else DEFAULT_SEGMENTER
     segmenter = None if segmenter_name.lower() == "none" else load_package(resolve_package(segmenter_name))
@@ -89,7 +89,10 @@ def run_explain(args: argparse.Namespace) -> int:
         print("ctexplain explain: give INPUT paths or --sample", file=sys.stderr)
         return EXIT_CASE_FAILED
     try:
-        classifier, segmenter = _load_models(args, args.device)
+        classifier, segmenter = _load_models(args)
+        unknown = [name for name in args.classes or [] if name not in classifier.metadata.class_names]
+        if unknown:
+            raise CTExplainError(f"{classifier.path}: no finding named {', '.join(unknown)}; it has: {', '.join(classifier.metadata.class_names)}")
     except CTExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CASE_FAILED
