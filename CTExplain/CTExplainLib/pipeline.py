@@ -76,6 +76,8 @@ class StageTimer:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        if name not in self.stages:
+            self.stages.append(name)
         self.progress(name, self.stages.index(name) / len(self.stages))
         start = time.perf_counter()
         try:
@@ -176,7 +178,7 @@ def _anatomy(analysis: Analysis, name: str, heat: np.ndarray, regions: Optional[
 
 
 def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, segmenter: Optional[LoadedModel], options: ExplainOptions, timer: StageTimer) -> Dict[str, Any]:
-    """Write heat maps, masks, montages and result.json into ``folder``; returns the result record."""
+    """Write heat maps, masks and montages into ``folder``; returns the record for result.json."""
     volume, classification = analysis.volume, analysis.classification
     extension = "." + options.image_format
     labels = analysis.segmentation.labels.array if analysis.segmentation is not None else None
@@ -241,7 +243,6 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
         result["slice_probabilities"] = classification.slice_probabilities.tolist()
     if options.keep_phi:
         result["patient"] = dict(volume.phi)
-    write_json(result, folder / "result.json")
     return result
 
 
@@ -267,13 +268,13 @@ def explain_case(
         with case_output_directory(out_dir) as staging:
             record = write_analysis(analysis, staging, classifier, segmenter, options, timer)
             record["timings_s"]["total"] = sum(timer.seconds.values())
-            write_json(record, staging / "result.json")  # again, now with the writing time included
+            write_json(record, staging / "result.json")
         result.ok, result.output = True, out_dir
         result.probabilities = {f["name"]: f["probability"] for f in record["findings"]}
         result.warnings = record["warnings"]
     except CTExplainError as exc:
         result.error = str(exc)
-    except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+    except Exception as exc:  # one case's failure, whatever it is, must not stop the others
         LOG.debug("case %s failed", input_path, exc_info=True)
         result.error = f"{input_path}: {type(exc).__name__}: {exc}"
     result.timings = dict(timer.seconds)
