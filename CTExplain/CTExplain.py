@@ -213,8 +213,7 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
                     scene.RemoveNode(other)
 
     def _addOutputs(self, inputVolumeNode, analysis, classifierModel) -> Dict[str, Any]:
-        from CTExplainLib.anatomy import anatomy_stats
-        from CTExplainLib.pipeline import select_findings
+        from CTExplainLib.pipeline import finding_anatomy, select_findings
 
         scene, inputID, base = slicer.mrmlScene, inputVolumeNode.GetID(), inputVolumeNode.GetName()
         ijkToRAS = ijkToRASArray(inputVolumeNode)  # outputs share the input's grid exactly
@@ -228,12 +227,11 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
 
         probabilities = {n: float(p) for n, p in zip(classification.class_names, classification.probabilities)}
         labels = segmentation.labels.array if segmentation is not None else None
-        names = {s.label: s.name for s in segmentation.segments} if segmentation is not None else {}
         heatMaps: Dict[str, Any] = {}
         anatomy: Dict[str, Dict[str, Any]] = {}
         for index in select_findings(classification, classifierModel.metadata.threshold, None):
             name = classification.class_names[index]
-            heat = classification.heat_map(index, analysis.volume.grid).astype(np.float32)
+            heat = classification.heat_map(index, analysis.volume.grid)  # float32 on the input grid
             node = tag(slicer.util.addVolumeFromArray(heat, ijkToRAS=ijkToRAS, name=f"{base} CTExplain {name}",
                                                       nodeClassName="vtkMRMLScalarVolumeNode"))
             display = node.GetDisplayNode()
@@ -241,7 +239,7 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
             display.AutoWindowLevelOff()  # else any Modified() recomputes the window from percentiles
             display.SetWindowLevelMinMax(0.0, 1.0)
             heatMaps[name] = node
-            anatomy[name] = anatomy_stats(name, analysis.volume.with_array(heat), labels, names).to_dict()
+            anatomy[name] = finding_anatomy(analysis, name, heat, labels, None)
 
         labelMap = segmentationNode = colorTable = None
         if segmentation is not None:

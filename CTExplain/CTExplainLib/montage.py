@@ -63,9 +63,13 @@ def key_slices(heat: np.ndarray, count: int = 3) -> List[int]:
     With no heat at all, slices evenly spread through the volume are returned instead, so a
     montage of an empty map still shows the anatomy.
     """
-    depth = heat.shape[0]
+    return key_slices_of_energy(slice_energy(heat), count)
+
+
+def key_slices_of_energy(energy: np.ndarray, count: int = 3) -> List[int]:
+    """:func:`key_slices` from per-slice energies already computed by :func:`slice_energy`."""
+    depth = energy.shape[0]
     count = max(0, min(int(count), depth))
-    energy = slice_energy(heat)
     if count == 0:
         return []
     if not np.any(energy > 0):
@@ -259,8 +263,8 @@ def finding_montage(
     """
     heat = np.asarray(heat)
     _check_inputs(ct, heat, labels, slices)
-    chosen = key_slices(heat, slices)
-    energy = slice_energy(heat)
+    energy = slice_energy(heat)  # one pass over the map serves the choice and the shares
+    chosen = key_slices_of_energy(energy, slices)
     total = float(energy.sum())
     rows = [(k, slice_panels(ct, heat, labels, k, window, MAX_PANEL_PX, label_colors, radiological)) for k in chosen]
     layout = montage_layout(montage_panel_shape(ct), len(rows))

@@ -167,9 +167,9 @@ def analyse(
     return Analysis(volume, classification, segmentation)
 
 
-def _anatomy(analysis: Analysis, name: str, heat: np.ndarray, regions: Optional[np.ndarray], body: Optional[np.ndarray]) -> Dict[str, Any]:
-    """Where the finding's map lies: energy per segment, in and outside the body, in positive
-    slices, and the peak's position and region."""
+def finding_anatomy(analysis: Analysis, name: str, heat: np.ndarray, regions: Optional[np.ndarray], body: Optional[np.ndarray]) -> Dict[str, Any]:
+    """Where the finding's map (on the input grid) lies: energy per segment of ``regions``, in
+    and outside ``body``, in positive slices, and the peak's position and region."""
     names = {s.label: s.name for s in analysis.segmentation.segments} if analysis.segmentation is not None else {}
     stats = anatomy_stats(name, analysis.volume.with_array(heat), regions, names, body, analysis.positive_slices)
     record = stats.to_dict()
@@ -206,7 +206,7 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
                 with timer.stage("heat maps"):
                     heat = classification.heat_map(index, volume.grid)
                 with timer.stage("statistics"):
-                    record["anatomy"] = _anatomy(analysis, name, heat, regions, body)
+                    record["anatomy"] = finding_anatomy(analysis, name, heat, regions, body)
                 with timer.stage("write"):
                     record["heat_map"] = f"heatmap_{slug(name)}{extension}"
                     writer.submit(write_image, volume.with_array(heat), folder / record["heat_map"])
