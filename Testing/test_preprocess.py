@@ -84,3 +84,22 @@ def test_display_images_are_scaled_not_windowed() -> None:
     model_input = preprocess(volume, InputSpec(3, [SOFT, LUNG], None, None, "LPS"))
     assert float(model_input.tensor.min()) == pytest.approx(1.0)
     assert model_input.warnings and "display" in model_input.warnings[0]
+
+
+def test_fit_scales_the_whole_image_into_the_size(data_dir) -> None:
+    """Screenshots of any size: the whole picture fits the network input, aspect ratio kept."""
+    from CTExplainLib.loading import load_volume
+
+    path = next(iter(sorted((data_dir / "chest-ct-4class" / "test" / "adenocarcinoma").iterdir())))
+    volume = load_volume(path, image_spacing=(1.0, 1.0, 1.0))
+    rows, columns = volume.array.shape[1:]
+    volume = volume.with_array(np.full_like(volume.array, 200))  # a bright frame shows the extent
+    spec = InputSpec(2, [ChannelSpec("display", 127.5, 255.0)], size=(64, 64), intensity="display", resize="fit")
+    tensor = preprocess(volume, spec).tensor[0, 0].numpy()
+    covered_rows = int((tensor > 0.5).any(axis=1).sum())
+    covered_columns = int((tensor > 0.5).any(axis=0).sum())
+    longest = max(rows, columns)
+    assert max(covered_rows, covered_columns) == 64
+    assert abs(covered_rows - 64 * rows / longest) <= 1.5 and abs(covered_columns - 64 * columns / longest) <= 1.5
+    cropped = preprocess(volume, InputSpec(2, spec.channels, size=(64, 64), intensity="display")).tensor[0, 0].numpy()
+    assert (cropped > 0.5).all()  # the crop policy would have cut out a 64-pixel window instead

@@ -25,6 +25,7 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT = "ctexplain-model/1"
 TASKS = ("binary", "multiclass", "multilabel", "segmentation")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+RESIZE_POLICIES = ("crop", "fit")
 ORIENTATION_LETTERS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
 
 
@@ -47,6 +48,10 @@ class InputSpec:
     size: Optional[Tuple[int, ...]] = None  # voxels per model axis (i, j[, k]); None covers the whole input
     orientation: str = "LPS"  # direction each model axis i, j, k points to (DICOM/ITK convention)
     intensity: str = "hu"  # "hu", or "display" for models trained on 8-bit windowed images
+    # How the input meets ``size``: "crop" centres it at ``spacing`` and crops or pads;
+    # "fit" scales the whole in-plane extent into ``size`` (one spacing for i and j, the
+    # aspect ratio kept, padded), for images without a physical scale such as screenshots.
+    resize: str = "crop"
 
 
 @dataclass
@@ -133,13 +138,20 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
     intensity = str(data.get("intensity", "hu"))
     if intensity not in ("hu", "display"):
         raise ModelPackageError(path, f"input intensity must be 'hu' or 'display', got {intensity!r}")
+    resize = str(data.get("resize", "crop"))
+    if resize not in RESIZE_POLICIES:
+        raise ModelPackageError(path, f"input resize must be one of {', '.join(RESIZE_POLICIES)}, got {resize!r}")
+    size = _tuple_or_none(data.get("size"), dims, path, "size", int)
+    if resize == "fit" and size is None:
+        raise ModelPackageError(path, "input resize 'fit' needs a size")
     return InputSpec(
         spatial_dims=dims,
         channels=channels,
         spacing=_tuple_or_none(data.get("spacing"), dims, path, "spacing", float),
-        size=_tuple_or_none(data.get("size"), dims, path, "size", int),
+        size=size,
         orientation=_check_orientation(data.get("orientation", "LPS"), path),
         intensity=intensity,
+        resize=resize,
     )
 
 

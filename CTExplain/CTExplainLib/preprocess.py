@@ -66,7 +66,8 @@ def model_grid(input_grid: Grid, spec: InputSpec, crop: bool = True) -> Grid:
     """The grid the network sees, centred on the input.
 
     With ``crop`` and a size in ``spec``, the grid has exactly that size (the CT is cropped or
-    padded around its centre); otherwise it covers the whole input. 2D models keep the input's
+    padded around its centre; with ``resize="fit"`` first scaled so that its whole in-plane
+    extent fits); otherwise it covers the whole input. 2D models keep the input's
     own slice spacing along the third model axis and cover all slices.
     """
     direction = orientation_direction(spec.orientation)
@@ -75,6 +76,11 @@ def model_grid(input_grid: Grid, spec: InputSpec, crop: bool = True) -> Grid:
     if spec.spacing is not None:
         spacing[: spec.spatial_dims] = spec.spacing
     low, high = _extent_in_frame(input_grid, direction)
+    if spec.resize == "fit" and crop:
+        # The whole in-plane extent (voxel edges included) fits the size, one scale for i and j.
+        edges = high - low + native
+        in_plane = slice(0, 2)
+        spacing[in_plane] = np.max(edges[in_plane] / np.asarray(spec.size[:2], dtype=float))
     # A tolerance keeps a grid that already fits from gaining a voxel through rounding noise.
     size = np.floor((high - low) / spacing + 1e-4).astype(int) + 1
     if crop and spec.size is not None:

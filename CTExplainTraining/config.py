@@ -1,0 +1,151 @@
+"""One typed description of a training run, read from a JSON recipe and/or the command line.
+
+A recipe file holds the same keys as the command-line options (with ``_`` for ``-``); the
+command line overrides the recipe. Everything that ends up in the model package (input
+spec, network, classes, provenance) is derived from this one object, so the exported
+package describes exactly the preprocessing the network was trained with.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from CTExplainLib.model_package import ChannelSpec, InputSpec, parse_input_spec
+
+from .manifest import TASKS, ManifestError
+
+MONITORS = ("auto", "loss", "auc_macro", "accuracy", "balanced_accuracy", "map_macro", "dice_mean")
+
+
+@dataclass
+class TrainConfig:
+    manifest: Path
+    task: str
+    out: Path
+    name: str = "ctexplain-model"
+    version: str = "1.0.0"
+    # Labels: the label column(s) of a manifest CSV; class names (multiclass order, segment names).
+    labels: Optional[List[str]] = None
+    classes: Optional[List[str]] = None
+    class_colors: Optional[List[Tuple[float, float, float]]] = None
+    # Network, by registry name, and its extra keyword arguments.
+    network: str = "CompactCNN"
+    network_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # Input spec of the package (what the core's preprocessing does at inference too).
+    spatial_dims: int = 3
+    channels: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "ct", "level": 40.0, "width": 400.0}])
+    intensity: str = "hu"
+    spacing: Optional[List[float]] = None
+    size: Optional[List[int]] = None
+    orientation: str = "LPS"
+    resize: str = "crop"  # "fit" for images without a physical scale (screenshots)
+    image_spacing: Optional[List[float]] = None  # for inputs without geometry (2D images)
+    # Segmentation: training patches on the model grid, (i, j[, k]) voxels.
+    patch_size: Optional[List[int]] = None
+    patches_per_case: int = 4
+    # Optimisation.
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    accumulate: int = 1
+    patience: int = 10
+    monitor: str = "auto"
+    max_steps_per_epoch: Optional[int] = None
+    seed: int = 0
+    amp: bool = True
+    device: str = "auto"
+    workers: int = 0
+    cache: str = "memory"  # memory | disk | none
+    cache_dir: Optional[Path] = None
+    # Augmentation.
+    augment: bool = True
+    flip_axes: List[int] = field(default_factory=lambda: [0])  # model axes (0 = i) to flip at random
+    rotate_degrees: float = 10.0  # in-plane (about the model's k axis)
+    scale_range: float = 0.1
+    intensity_jitter: float = 0.1
+    # Splits and validation.
+    val_fraction: float = 0.2
+    cv: int = 0
+    final_fit: bool = True  # after --cv, train on everything and export that model
+    threshold: float = 0.5
+    volume_score: str = "max"
+    volume_score_k: int = 3
+    report_cases: int = 4
+    # Provenance written into the package.
+    training_data: str = ""
+    data_licence: str = ""
+    citation: str = ""
+    licence: str = "Apache-2.0"
+    notes: str = ""
+
+    def input_spec(self) -> InputSpec:
+        """The package's input spec, validated by the core's own parser."""
+        data = {
+            "spatial_dims": self.spatial_dims,
+            "channels": self.channels,
+            "spacing": self.spacing,
+            "size": self.size,
+            "orientation": self.orientation,
+            "intensity": self.intensity,
+            "resize": self.resize,
+        }
+        return parse_input_spec(data, Path(str(self.manifest)))
+
+    @property
+    def channel_specs(self) -> List[ChannelSpec]:
+        return self.input_spec().channels
+
+    def resolved_monitor(self) -> str:
+        if self.monitor != "auto":
+            return self.monitor
+        if self.task == "segmentation":
+            return "dice_mean"
+        return "auc_macro"
+
+    def check(self) -> None:
+        if self.task not in TASKS:
+            raise ManifestError(self.manifest, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.monitor not in MONITORS:
+            raise ManifestError(self.manifest, f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
+        if self.cache not in ("memory", "disk", "none"):
+            raise ManifestError(self.manifest, f"cache must be memory, disk or none, got {self.cache!r}")
+        if self.cv == 1 or self.cv < 0:
+            raise ManifestError(self.manifest, f"--cv needs at least 2 folds, got {self.cv}")
+        if self.task == "segmentation" and self.patch_size is not None and len(self.patch_size) != self.spatial_dims:
+            raise ManifestError(self.manifest, f"patch_size needs {self.spatial_dims} numbers, got {self.patch_size}")
+        self.input_spec()
+
+    def to_json(self) -> Dict[str, Any]:
+        data = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+
+
+PATH_FIELDS = {"manifest", "out", "cache_dir"}
+
+
+def read_recipe(path: Path) -> Dict[str, Any]:
+    """Keys of a JSON recipe, checked against the config's fields; relative paths resolved."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(Path(path), f"is not a readable JSON recipe ({exc})") from exc
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known - {"comment"})
+    if unknown:
+        raise ManifestError(Path(path), f"unknown recipe keys: {', '.join(unknown)}")
+    data.pop("comment", None)
+    return data
+
+
+def make_config(values: Dict[str, Any]) -> TrainConfig:
+    missing = [name for name in ("manifest", "task", "out") if values.get(name) is None]
+    if missing:
+        raise ManifestError(Path(str(values.get("manifest", "."))), f"the run needs {', '.join('--' + m for m in missing)}")
+    converted = {k: (Path(v) if k in PATH_FIELDS and v is not None else v) for k, v in values.items()}
+    config = TrainConfig(**converted)
+    config.check()
+    return config

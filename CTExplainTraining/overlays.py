@@ -1,0 +1,52 @@
+"""Grad-CAM pictures of validation cases for the run report, made by the core as
+``ctexplain explain`` makes them (the exported package, loaded back, on the original file)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from CTExplainLib.classify import classify_and_explain
+from CTExplainLib.errors import CTExplainError
+from CTExplainLib.loading import load_volume
+from CTExplainLib.model_package import LoadedModel
+from CTExplainLib.montage import finding_montage
+from CTExplainLib.preprocess import preprocess
+
+LOG = logging.getLogger(__name__)
+DISPLAY_WINDOW = (127.5, 255.0)
+
+
+def _window(model: LoadedModel, intensity: Optional[str]) -> Tuple[float, float]:
+    if intensity == "display":
+        return DISPLAY_WINDOW
+    channel = model.metadata.input.channels[0]
+    return (channel.level, channel.width)
+
+
+def cam_overlays(
+    model: LoadedModel, images: Sequence[Path], targets: Sequence[np.ndarray], image_spacing: Optional[Sequence[float]],
+    device: torch.device, method: str = "gradcam",
+) -> List[Tuple[str, np.ndarray]]:
+    """One montage per case: the map of its first positive class (else its top class)."""
+    pictures: List[Tuple[str, np.ndarray]] = []
+    names = model.metadata.class_names
+    for image, target in zip(images, targets):
+        try:
+            volume = load_volume(image, image_spacing=tuple(image_spacing) if image_spacing else None)
+            classification = classify_and_explain(model, preprocess(volume, model.metadata.input), method, device)
+        except CTExplainError as exc:
+            LOG.warning("no overlay for %s: %s", image, exc)
+            continue
+        positives = np.flatnonzero(np.asarray(target) > 0.5)
+        index = int(positives[0]) if len(positives) else int(np.argmax(classification.probabilities))
+        heat = classification.heat_map(index, volume.grid)
+        truth = "positive" if index in positives else "negative"
+        title = f"{image.name}: {names[index]} p={classification.probabilities[index]:.2f} (reference {truth})"
+        window = _window(model, volume.metadata.get("intensity"))
+        slices = min(3, volume.array.shape[0])
+        pictures.append((title, finding_montage(volume, heat, None, title, slices=slices, window=window, radiological=True)))
+    return pictures
