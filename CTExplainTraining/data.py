@@ -218,9 +218,8 @@ class TrainingItems(torch.utils.data.Dataset):
         sample: Dict[str, Any] = {IMAGE: case[IMAGE]}
         if self.segmentation:
             sample[LABEL] = case[LABEL]
-        if item.slice is not None or self.config.spatial_dims == 2:
-            k = item.slice or 0
-            sample = {key: value[:, k] for key, value in sample.items()}
+        if self.config.spatial_dims == 2:
+            sample = {key: value[:, item.slice or 0] for key, value in sample.items()}
         if self.patches is not None:
             sample = self.patches(sample)[0]
         if self.augment is not None:
@@ -233,9 +232,25 @@ class TrainingItems(torch.utils.data.Dataset):
         return out
 
 
-def items_for(examples: Sequence[Example], config: TrainConfig) -> List[Item]:
-    """Training items of some examples; segmentation cases give several random patches."""
-    items = [Item(e.image, e.slice, e.target) for e in examples]
+def items_for(examples: Sequence[Example], config: TrainConfig, cases: PreprocessedCases) -> List[Item]:
+    """Training items of some examples; segmentation cases give several random patches.
+
+    A 2D model learns from slices: a manifest row naming a slice is one item; a 2D
+    segmenter's volume gives one item per slice (its mask labels every slice), whereas a
+    volume-level label cannot be pinned on single slices, so a 2D classifier needs slice rows.
+    """
+    items = []
+    for e in examples:
+        depth = cases.case(e.image)[IMAGE].shape[1] if config.spatial_dims == 2 and e.slice is None else 1
+        if depth == 1:
+            items.append(Item(e.image, e.slice, e.target))
+        elif config.task == "segmentation":
+            items.extend(Item(e.image, k, None) for k in range(depth))
+        else:
+            raise ManifestError(
+                e.image, f"a 2D classifier learns from slices, but this row labels a whole volume of {depth} slices; "
+                "give one row per slice with a 'slice' column"
+            )
     if config.task == "segmentation" and config.patch_size:
         items = [item for item in items for _ in range(config.patches_per_case)]
     return items

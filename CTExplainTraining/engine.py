@@ -22,7 +22,8 @@ from monai.losses import DiceCELoss
 from monai.optimizers import WarmupCosineSchedule
 from monai.utils import set_determinism
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from monai.data import DataLoader
+from torch.utils.data import DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from CTExplainLib.devices import autocast
@@ -120,7 +121,7 @@ class Trainer:
         if info.enabled:
             self.model = DistributedDataParallel(self.network, device_ids=[device.index] if device.type == "cuda" else None)
         self.loss_fn = make_loss(config, manifest, train).to(device)
-        dataset = TrainingItems(config, cases, items_for(train, config), train=True)
+        dataset = TrainingItems(config, cases, items_for(train, config, cases), train=True)
         if dataset.augment is not None:
             dataset.augment.set_random_state(seed=config.seed + 1000 * info.rank)
         if dataset.patches is not None:
@@ -132,7 +133,11 @@ class Trainer:
             sampler = RandomSampler(dataset, generator=generator)
         per_rank = max(1, config.batch_size // info.world_size)  # the global batch stays the same
         self.sampler = sampler
-        self.loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=config.workers, drop_last=len(dataset) > per_rank)
+        # MONAI's DataLoader reseeds the random transforms in each worker (torch's does not).
+        self.loader = DataLoader(
+            dataset, batch_size=per_rank, sampler=sampler, num_workers=config.workers, drop_last=len(dataset) > per_rank,
+            persistent_workers=config.workers > 0,
+        )
         self.steps_per_epoch = self._steps_per_epoch()
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         total = max(1, self.epochs * self.steps_per_epoch)

@@ -25,7 +25,7 @@ from .metrics import summarise_folds
 from .overlays import cam_overlays
 from .report import RunReport, write_report
 from .splits import holdout_split, patient_folds, test_indices
-from .validate import Validation, validate_classifier, validate_segmenter
+from .validate import Validation, segment_files, validate_classifier, validate_segmenter
 
 LOG = logging.getLogger(__name__)
 PACKAGE_DIR = "model"
@@ -133,19 +133,23 @@ def _run(config: TrainConfig, info: Distributed, device: torch.device, resume: b
         history = result.history
     if info.is_main and test:
         metrics["test"] = _validate(trainer, result.network, test).metrics
-    summary = _finish(config, manifest, result.network, info, device, history, metrics, fold_metrics, validations, data)
+    summary = _finish(config, manifest, result.network, info, device, history, metrics, fold_metrics, validations, data, test)
     barrier(info)
     return summary
 
 
 def _finish(config: TrainConfig, manifest: Manifest, network: Optional[torch.nn.Module], info: Distributed, device: torch.device,
             history: List[Dict[str, float]], metrics: Dict[str, Any], fold_metrics: List[Dict[str, Any]],
-            validations: Sequence[Validation], data: Dict[str, Any]) -> RunSummary:
+            validations: Sequence[Validation], data: Dict[str, Any], test: Sequence[Example] = ()) -> RunSummary:
     if not info.is_main:
         return RunSummary(None, None, metrics, fold_metrics)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     package = export_package(out / PACKAGE_DIR, config, manifest, network, metrics, data) if network is not None else None
+    if package is not None and test and config.task == "segmentation":
+        # The held-out cases once more, as the core segments them, on each image's own grid.
+        metrics["test_input_grid"] = segment_files(package, config, manifest.classes, test, device)
+        package = export_package(out / PACKAGE_DIR, config, manifest, network, metrics, data)
     probabilities, targets = _pooled(validations)
     overlays = []
     if package is not None and config.task != "segmentation" and validations and config.report_cases:

@@ -46,11 +46,14 @@ def holdout_split(manifest: Manifest, val_fraction: float = 0.2, seed: int = 0) 
 
     When the manifest marks ``val`` examples, they are the validation set and every other
     non-test example trains. Otherwise the split is the first fold of a patient-grouped,
-    label-stratified K-fold with K = round(1 / val_fraction).
+    label-stratified K-fold with K = round(1 / val_fraction). ``val_fraction`` 0 trains on
+    every non-test example without validation (a fixed number of epochs, no early stopping).
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, not {val_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), not {val_fraction}")
     examples = manifest.examples
+    if val_fraction == 0.0:
+        return Fold(0, [i for i, e in enumerate(examples) if e.split != "test"], [])
     if any(e.split == "val" for e in examples):
         val = [i for i, e in enumerate(examples) if e.split == "val"]
         train = [i for i, e in enumerate(examples) if e.split in ("train", None)]

@@ -18,9 +18,13 @@ from monai.inferers import sliding_window_inference
 
 from CTExplainLib.classify import probabilities_from_logits, volume_score
 from CTExplainLib.devices import autocast
+from CTExplainLib.loading import load_volume
+from CTExplainLib.model_package import load_package
+from CTExplainLib.resample import resample_array
+from CTExplainLib.segment import segment
 
 from .config import TrainConfig
-from .data import IMAGE, LABEL, PreprocessedCases
+from .data import IMAGE, LABEL, PreprocessedCases, read_mask
 from .manifest import Example
 from .metrics import classification_metrics, segmentation_metrics
 
@@ -148,3 +152,22 @@ def validate_segmenter(
         images.append(image)
     metrics = segmentation_metrics(predictions, references, list(segment_names))  # means over cases
     return Validation(loss=sum(losses) / max(len(losses), 1), metrics=metrics, images=images)
+
+
+def segment_files(package: Path, config: TrainConfig, segment_names: Sequence[str], examples: Sequence[Example], device: torch.device) -> Dict[str, object]:
+    """Dice and IoU of the exported package run by the core (``CTExplainLib.segment``) on the
+    original files, against each mask on the image's own grid: what a user of
+    ``ctexplain explain`` gets, resampling to the input grid included."""
+    model = load_package(package, device)
+    image_spacing = tuple(config.image_spacing) if config.image_spacing else None
+    predictions, references = [], []
+    for image, rows in _by_image(examples).items():
+        volume = load_volume(image, image_spacing=image_spacing)
+        labels = segment(model, volume, device).labels.array
+        mask = read_mask(rows[0].mask, volume)
+        reference = mask.array if mask.grid.same_as(volume.grid) else resample_array(
+            mask.array.astype(np.float32), mask.grid, volume.grid, "nearest", 0.0
+        )
+        predictions.append(labels.astype(np.int64))
+        references.append(np.rint(reference).astype(np.int64))
+    return segmentation_metrics(predictions, references, list(segment_names))
