@@ -3,13 +3,22 @@
 This file is GUI and scene glue only: every computation is in CTExplainLib (the same core as the
 ``ctexplain`` command line). CTExplainLib (and torch) are imported lazily, inside the functions
 that need them, so that Slicer can list the module even before its dependencies are installed.
+
+Two ways to run, one result: ``process(wait=True)`` runs the core in Slicer's process (console,
+batch mode, self-test); ``process(wait=False)`` runs the ``ctexplain`` command line in a child
+process (the GUI: no frozen window, progress, Cancel) and loads its files back onto the input's
+exact grid.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Optional, Set
+import shutil
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import qt
 import slicer
 import vtk
 from slicer.ScriptedLoadableModule import (
@@ -18,12 +27,17 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 
 LOG = logging.getLogger(__name__)
 
 INPUT_ATTRIBUTE = "CTExplain.InputNodeID"  # marks output nodes with the node they explain
 HEAT_MAP_COLOR_ID = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
 HEAT_MAP_OPACITY = 0.5
+METHODS = (("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcampp"), ("CAM", "cam"))
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCENE_FRACTION = 0.9  # a background run's progress: the child up to here, loading its files after
+OTHER_FOLDER = "<other folder>"  # item data of the "Other folder..." entry of the model selectors
 Progress = Callable[[str, float], None]
 
 
@@ -40,13 +54,21 @@ class CTExplain(ScriptedLoadableModule):
         self.parent.helpText = (
             "Classifies a CT volume with a CTExplain model package, shows a class activation map "
             "(CAM, Grad-CAM or Grad-CAM++) for each finding over the CT, segments it, and lists "
-            "each finding's probability and where its map lies in the anatomy. All outputs are on "
-            "the input volume's own voxel grid."
+            "each finding's probability and where its map lies in the anatomy (the share of its "
+            "energy in each segment and outside the body). All outputs are on the input volume's "
+            "own voxel grid. Inference runs in a separate process: Cancel stops it and leaves the "
+            "scene as it was. Missing Python packages (PyTorch, MONAI, ...) are installed on the "
+            "first run, after asking."
         )
         self.parent.acknowledgementText = (
-            "The sample CT is from TotalSegmentator (Wasserthal J. et al., Radiology: AI 2023, "
-            "doi:10.1148/ryai.230024), Apache-2.0. The shipped demo models are UNTRAINED (random "
-            "weights): their probabilities, maps and masks show the mechanics only and mean nothing."
+            "The shipped demo models are UNTRAINED (random weights): their probabilities, maps and "
+            "masks show the mechanics only and mean nothing. The sample CT is TotalSegmentator's "
+            "example_ct (Wasserthal J. et al., Radiology: AI 2023, doi:10.1148/ryai.230024), "
+            "Apache-2.0. The trained models planned as defaults are to be trained on: PhysioNet "
+            "CT-ICH (Hssayeni M. et al. 2020, doi:10.13026/w8q8-ky94), CC BY 4.0; TotalSegmentator "
+            "fixtures (Wasserthal et al. 2023), Apache-2.0; MedSeg COVID-19 CT segmentations as "
+            "prepared by Inf-Net (Fan D.-P. et al. 2020); and the Kaggle 'Chest CT-Scan images' "
+            "data set. Each model package names its own training data in its metadata."
         )
 
 
@@ -66,10 +88,33 @@ def volume_from_node(volumeNode):
     return Volume.from_ijk_to_ras(array, ijkToRASArray(volumeNode), metadata={"source": volumeNode.GetName()})
 
 
+def comboData(combo) -> str:
+    """The current item's data of a QComboBox, as a string ("" for none)."""
+    data = combo.itemData(combo.currentIndex)
+    return "" if data is None else str(data)
+
+
+def pythonExecutable() -> str:
+    """The Python for child processes: Slicer's ``PythonSlicer`` (on PATH inside Slicer, which is
+    how slicer.util.pip_install finds it), else this interpreter."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
 #
-# CTExplainWidget (needs Qt: not exercised outside Slicer)
+# CTExplainWidget (needs Qt: not exercised outside Slicer; everything it does goes through the logic)
 #
-class CTExplainWidget(ScriptedLoadableModuleWidget):
+class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        # State first: without a parent, ScriptedLoadableModuleWidget.__init__ calls setup() at once.
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[CTExplainLogic] = None
+        self.run: Optional[CTExplainRun] = None
+        self.results: Optional[Dict[str, Any]] = None
+        self._parameterNode = None
+        self._updatingGUI = False
+        self._dependenciesReady = False
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CTExplain.ui"))
@@ -77,43 +122,306 @@ class CTExplainWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CTExplainLogic()
-        self.ui.methodComboBox.addItems(["gradcam", "gradcampp", "cam"])
-        self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda"])
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateApplyButton)
-        self.layout.addStretch(1)
-        self.updateApplyButton()
+        for label, method in METHODS:
+            self.ui.methodComboBox.addItem(label, method)
+        self.ui.deviceComboBox.addItems(list(DEVICES))
+        self.fillModelSelectors()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self.onTimer)
 
-    def updateApplyButton(self, *unused) -> None:
-        self.ui.applyButton.enabled = self.ui.inputSelector.currentNode() is not None
+        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
+        for combo in (self.ui.classifierComboBox, self.ui.segmenterComboBox):
+            combo.connect("currentIndexChanged(int)", lambda index, combo=combo: self.onModelSelected(combo))
+        self.ui.methodComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.opacitySlider.connect("valueChanged(double)", self.onDisplayChanged)
+        self.ui.thresholdSlider.connect("valueChanged(double)", self.onDisplayChanged)
+        self.ui.findingsTable.connect("itemSelectionChanged()", self.onFindingSelected)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.layout.addStretch(1)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.cancelRun()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.cancelRun()
+        self.results = None
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # -- parameter node (raw Set/GetParameter: slicer-api.md section 2) --------------------
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.GetNodeReference("InputVolume"):
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first is not None and first.GetClassName() == "vtkMRMLScalarVolumeNode":
+                self._parameterNode.SetNodeReferenceID("InputVolume", first.GetID())
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = parameterNode
+        if parameterNode is not None:
+            self.logic.setDefaultParameters(parameterNode)
+            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        if node is None or self._updatingGUI:
+            return
+        self._updatingGUI = True
+        try:
+            self.ui.inputSelector.setCurrentNode(node.GetNodeReference("InputVolume"))
+            for combo, name in ((self.ui.classifierComboBox, "Classifier"), (self.ui.segmenterComboBox, "Segmenter"),
+                                (self.ui.methodComboBox, "Method")):
+                index = combo.findData(node.GetParameter(name))
+                if index >= 0:
+                    combo.setCurrentIndex(index)
+            self.ui.deviceComboBox.setCurrentText(node.GetParameter("Device"))
+            self.ui.opacitySlider.value = float(node.GetParameter("Opacity") or HEAT_MAP_OPACITY)
+            self.ui.thresholdSlider.value = float(node.GetParameter("Threshold") or 0.0)
+        finally:
+            self._updatingGUI = False
+        self.updateButtons()
+
+    def updateParameterNodeFromGUI(self, *unused) -> None:
+        node = self._parameterNode
+        if node is None or self._updatingGUI:
+            return
+        wasModifying = node.StartModify()
+        current = self.ui.inputSelector.currentNode()
+        node.SetNodeReferenceID("InputVolume", current.GetID() if current is not None else None)
+        node.SetParameter("Classifier", comboData(self.ui.classifierComboBox))
+        node.SetParameter("Segmenter", comboData(self.ui.segmenterComboBox))
+        node.SetParameter("Method", comboData(self.ui.methodComboBox) or "gradcam")
+        node.SetParameter("Device", self.ui.deviceComboBox.currentText)
+        node.SetParameter("Opacity", str(self.ui.opacitySlider.value))
+        node.SetParameter("Threshold", str(self.ui.thresholdSlider.value))
+        node.EndModify(wasModifying)
+        self.updateButtons()
+
+    def updateButtons(self) -> None:
+        running = self.run is not None
+        self.ui.applyButton.text = "Cancel" if running else "Apply"
+        self.ui.applyButton.toolTip = "Stop the run; the scene stays as it was." if running else \
+            "Classify, explain and segment the input CT (in a separate process)."
+        self.ui.applyButton.enabled = running or self.ui.inputSelector.currentNode() is not None
+        for widget in (self.ui.inputSelector, self.ui.classifierComboBox, self.ui.segmenterComboBox,
+                       self.ui.methodComboBox, self.ui.deviceComboBox):
+            widget.enabled = not running
+
+    # -- model selectors ------------------------------------------------------------------
+    def fillModelSelectors(self) -> None:
+        """Packages found by the core (shipped, ~/.ctexplain/models, $CTEXPLAIN_MODELS), plus "Other folder..."."""
+        classifiers, segmenters = self.logic.modelChoices()
+        for combo, choices in ((self.ui.classifierComboBox, classifiers), (self.ui.segmenterComboBox, segmenters)):
+            wasBlocked = combo.blockSignals(True)
+            combo.clear()
+            for label, data in choices:
+                combo.addItem(label, data)
+            combo.addItem("Other folder...", OTHER_FOLDER)
+            combo.blockSignals(wasBlocked)
+        self.updateGUIFromParameterNode()
+
+    def onModelSelected(self, combo) -> None:
+        if comboData(combo) == OTHER_FOLDER and not self._updatingGUI:
+            folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "CTExplain model package folder")
+            wasBlocked = combo.blockSignals(True)
+            if folder:
+                combo.insertItem(combo.count - 1, folder, folder)
+                combo.setCurrentIndex(combo.count - 2)
+            else:
+                combo.setCurrentIndex(0)
+            combo.blockSignals(wasBlocked)
+        self.updateParameterNodeFromGUI()
+
+    # -- running ------------------------------------------------------------------------
+    def onApplyButton(self) -> None:
+        if self.run is not None:
+            self.cancelRun()
+            self.onProgress("cancelled", 0.0)
+            return
+        if not self._dependenciesReady:
+            try:
+                self._dependenciesReady = self.logic.installDependencies()
+            except Exception as exc:
+                slicer.util.errorDisplay(f"CTExplain could not install its Python packages:\n\n{exc}")
+                return
+            if not self._dependenciesReady:
+                return
+            self.fillModelSelectors()
+        node = self._parameterNode
+        try:
+            self.run = self.logic.process(
+                self.ui.inputSelector.currentNode(),
+                classifier=node.GetParameter("Classifier") or None,
+                segmenter=node.GetParameter("Segmenter") or None,
+                method=node.GetParameter("Method") or "gradcam",
+                device=node.GetParameter("Device") or "auto",
+                wait=False,
+                progress=self.onProgress,
+            )
+        except Exception as exc:
+            slicer.util.errorDisplay(f"CTExplain could not start:\n\n{exc}")
+            return
+        self.timer.start()
+        self.updateButtons()
+
+    def onTimer(self) -> None:
+        run = self.run
+        if run is None:
+            self.timer.stop()
+            return
+        if not run.poll():
+            return
+        self.timer.stop()
+        self.run = None
+        self.updateButtons()
+        if run.error is not None:
+            self.onProgress("failed", 0.0)
+            slicer.util.errorDisplay(f"CTExplain failed:\n\n{run.error}")
+            return
+        self.results = run.outputs
+        self.showFindings()
+        self.onDisplayChanged()
+
+    def cancelRun(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+            self.run = None
+        if hasattr(self, "timer"):
+            self.timer.stop()
+        if hasattr(self, "ui"):
+            self.updateButtons()
 
     def onProgress(self, stage: str, fraction: float) -> None:
         self.ui.progressBar.setValue(round(100 * fraction))
         self.ui.progressBar.setFormat(f"{stage} (%p%)")
-        slicer.app.processEvents()  # wait=True runs in the GUI thread: keep the bar painted
 
-    def onApplyButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("CTExplain failed.", waitCursor=True):
-            results = self.logic.process(
-                self.ui.inputSelector.currentNode(),
-                method=self.ui.methodComboBox.currentText,
-                device=self.ui.deviceComboBox.currentText,
-                wait=True,
-                progress=self.onProgress,
-            )
-            self.onProgress("done", 1.0)
-            self.showFindings(results["probabilities"])
+    # -- results ------------------------------------------------------------------------
+    def showFindings(self) -> None:
+        """The findings table node's columns in the widget's table, one row per finding."""
+        table = self.results["table"]
+        widget = self.ui.findingsTable
+        columns = table.GetNumberOfColumns()
+        widget.clear()
+        widget.setColumnCount(columns)
+        widget.setRowCount(table.GetNumberOfRows())
+        widget.setHorizontalHeaderLabels([table.GetColumnName(c) for c in range(columns)])
+        numeric = [table.GetColumnName(c) == "Probability" or table.GetColumnName(c).startswith("CAM in ")
+                   for c in range(columns)]
+        for row in range(table.GetNumberOfRows()):
+            for column in range(columns):
+                text = table.GetCellText(row, column)
+                if numeric[column]:
+                    value = float(text) if text else float("nan")
+                    text = "" if np.isnan(value) else f"{value:.3f}"
+                widget.setItem(row, column, qt.QTableWidgetItem(text))
+        widget.resizeColumnsToContents()
 
-    def showFindings(self, probabilities: Dict[str, float]) -> None:
-        import qt
+    def onFindingSelected(self) -> None:
+        if self.results is None:
+            return
+        selected = self.ui.findingsTable.selectedItems()
+        if selected:
+            name = self.ui.findingsTable.item(selected[0].row(), 0).text()
+            self.logic.showFinding(self.results, name, self.ui.opacitySlider.value)
 
-        table = self.ui.findingsTable
-        table.setColumnCount(2)
-        table.setHorizontalHeaderLabels(["Finding", "Probability"])
-        table.setRowCount(len(probabilities))
-        for row, (name, probability) in enumerate(probabilities.items()):
-            table.setItem(row, 0, qt.QTableWidgetItem(name))
-            table.setItem(row, 1, qt.QTableWidgetItem(f"{probability:.3f}"))
+    def onDisplayChanged(self, *unused) -> None:
+        self.updateParameterNodeFromGUI()
+        if self.results is not None:
+            self.logic.setHeatMapDisplay(self.results, self.ui.opacitySlider.value, self.ui.thresholdSlider.value)
+
+
+#
+# CTExplainRun: a background run started by CTExplainLogic.process(wait=False)
+#
+class CTExplainRun:
+    """A run of the core in a child process. Poll it from a timer (or ``wait()``); on success
+    ``outputs`` is what ``process(wait=True)`` returns, on failure ``error`` says why, and the
+    scene is left exactly as it was. ``cancel()`` kills the child's whole process tree.
+    """
+
+    def __init__(self, logic: "CTExplainLogic", inputVolumeNode, job, progress: Optional[Progress]) -> None:
+        self.logic = logic
+        self.inputVolumeNode = inputVolumeNode
+        self.job = job  # CTExplainLib.background.BackgroundExplain
+        self.progress = progress
+        self.outputs: Optional[Dict[str, Any]] = None
+        self.error: Optional[str] = None
+        self.finished = False
+        self.cancelled = False
+        self.tempFolder = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.job.pid
+
+    @property
+    def running(self) -> bool:
+        return not self.finished
+
+    def _report(self, stage: str, fraction: float) -> None:
+        if self.progress is not None:
+            self.progress(stage, fraction)
+
+    def onChildProgress(self, stage: str, fraction: float) -> None:
+        if stage != "done":  # the child's end is not the run's end: its files are still to load
+            self._report(stage, SCENE_FRACTION * fraction)
+
+    def poll(self) -> bool:
+        """True once the run has ended (done, failed or cancelled); never blocks on the child."""
+        if self.finished:
+            return True
+        if not self.job.poll():
+            return False
+        try:
+            if self.job.error is not None:
+                self.error = self.job.error
+            elif self.inputVolumeNode.GetScene() is None:
+                self.error = "CTExplain: the input volume was removed from the scene during the run"
+            else:
+                self._report("scene", SCENE_FRACTION)
+                self.outputs = self.logic._placeOutputs(self.inputVolumeNode, self.job.outputs)
+                self._report("done", 1.0)
+        except Exception as exc:  # the scene is already back as it was (see _placeOutputs)
+            LOG.exception("CTExplain: could not load the results")
+            self.error = f"CTExplain: could not load the results: {exc}"
+        finally:
+            self.job.cleanup()
+            self.finished = True
+        return True
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until the run ends; True if it succeeded."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"CTExplain: the run did not end within {timeout} s")
+            time.sleep(0.05)
+        return self.error is None
+
+    def cancel(self) -> None:
+        """Kill the child process tree; nothing is added to the scene; the temporary folder goes."""
+        if self.finished:
+            return
+        self.job.cancel()
+        self.cancelled, self.finished, self.error = True, True, "cancelled"
 
 
 #
@@ -132,50 +440,120 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
 
     def process(self, inputVolumeNode, classifier: Optional[str] = None, segmenter: Optional[str] = None,
                 method: str = "gradcam", device: str = "auto", wait: bool = True,
-                progress: Optional[Progress] = None) -> Dict[str, Any]:
-        """Explain ``inputVolumeNode``; returns the output nodes and the probabilities.
+                progress: Optional[Progress] = None):
+        """Explain ``inputVolumeNode``.
 
         classifier/segmenter: a model package path or name (None: the shipped demo models;
-        segmenter "none": no segmentation). On failure the scene is left exactly as it was.
-        """
-        if not wait:
-            raise NotImplementedError("CTExplain: process(wait=False) (a background process with progress and "
-                                      "cancel) is not available yet; call it with wait=True")
-        if inputVolumeNode is None or inputVolumeNode.GetClassName() != "vtkMRMLScalarVolumeNode":
-            raise ValueError("CTExplain: the input must be a scalar volume node (a CT), got "
-                             f"{inputVolumeNode.GetClassName() if inputVolumeNode is not None else None}")
-        from CTExplainLib import pipeline
+        segmenter "none": no segmentation).
 
+        wait=True: runs in this process and returns the results (output nodes, probabilities,
+        anatomy); on failure it raises and the scene is left exactly as it was.
+        wait=False: starts the ``ctexplain`` command line in a child process and returns a
+        :class:`CTExplainRun` to poll; the outputs are added when it ends.
+        """
+        self._checkInput(inputVolumeNode)
+        if not wait:
+            return self._start(inputVolumeNode, classifier, segmenter, method, device, progress)
+        from CTExplainLib import pipeline
+        from CTExplainLib.anatomy import body_mask
+
+        report = progress or (lambda stage, fraction: None)
         scene = slicer.mrmlScene
         before = self._nodeIDs()
         try:
             classifierModel, segmenterModel = self._loadModels(classifier, segmenter)
             volume = volume_from_node(inputVolumeNode)
-            stages = ["preprocess", "classify+explain"] + (["segment", "map labels"] if segmenterModel else []) + ["scene"]
-            timer = pipeline.StageTimer(progress or (lambda stage, fraction: None), stages)
+            stages = ["preprocess", "classify+explain"] + (["segment", "map labels"] if segmenterModel else []) + ["statistics", "scene"]
+            timer = pipeline.StageTimer(report, stages)
             analysis = pipeline.analyse(volume, classifierModel, segmenterModel,
                                         pipeline.ExplainOptions(method=method, device=device), timer)
+            classification, segmentation = analysis.classification, analysis.segmentation
+            labels = segmentation.labels.array if segmentation is not None else None
+            with timer.stage("statistics"):
+                # As pipeline.write_analysis: the body mask splits each map into in and outside the body.
+                body = body_mask(volume) if volume.metadata.get("intensity", "hu") == "hu" else None
+                regions = labels if labels is not None else (np.zeros(volume.grid.shape, np.uint8) if body is not None else None)
+            threshold = classifierModel.metadata.threshold
+            findings = [{"name": name, "probability": float(p), "above_threshold": bool(p >= threshold)}
+                        for name, p in zip(classification.class_names, classification.probabilities)]
+            record = {
+                "classifier": classifierModel.identity,
+                "segmenter": segmenterModel.identity if segmenterModel is not None else None,
+                "method": method,
+                "findings": findings,
+                "segments": [{"label": s.label, "name": s.name, "color": list(s.color)} for s in segmentation.segments]
+                if segmentation is not None else [],
+                "warnings": list(classification.warnings) + (list(segmentation.warnings) if segmentation is not None else []),
+            }
+
+            def heatMaps():
+                for index in pipeline.select_findings(classification, threshold, None):
+                    name = classification.class_names[index]
+                    heat = classification.heat_map(index, volume.grid)  # float32 on the input grid
+                    findings[index]["anatomy"] = pipeline.finding_anatomy(analysis, name, heat, regions, body)
+                    yield name, heat
+
             with timer.stage("scene"):
-                results = self._addOutputs(inputVolumeNode, analysis, classifierModel)
+                results = self._addOutputs(inputVolumeNode, record, heatMaps(), labels)
         except Exception:
-            # Whatever was added (including display nodes and half-built nodes) goes again.
-            for nodeID in reversed([n for n in self._nodeIDs() if n not in before]):
-                node = scene.GetNodeByID(nodeID)
-                if node is not None:
-                    scene.RemoveNode(node)
+            self._removeNodesAddedSince(before)
             raise
-        keep = {node.GetID() for node in results["nodes"]}
-        self.removeOutputs(inputVolumeNode, keep=keep)
-        top = results["heatMaps"].get(results["topFinding"])
-        slicer.util.setSliceViewerLayers(background=inputVolumeNode, foreground=top, foregroundOpacity=HEAT_MAP_OPACITY)
+        self._replaceOutputs(inputVolumeNode, results)
+        report("done", 1.0)
         LOG.info("CTExplain: %s explained; probabilities %s; seconds per stage %s",
                  inputVolumeNode.GetName(), results["probabilities"], timer.seconds)
         return results
 
     @staticmethod
+    def _checkInput(inputVolumeNode) -> None:
+        if inputVolumeNode is None or inputVolumeNode.GetClassName() != "vtkMRMLScalarVolumeNode":
+            raise ValueError("CTExplain: the input must be a scalar volume node (a CT), got "
+                             f"{inputVolumeNode.GetClassName() if inputVolumeNode is not None else None}")
+
+    def _start(self, inputVolumeNode, classifier, segmenter, method, device, progress) -> CTExplainRun:
+        import os
+
+        from CTExplainLib.background import BackgroundExplain
+
+        run = CTExplainRun(self, inputVolumeNode, None, progress)
+        run.job = BackgroundExplain(volume_from_node(inputVolumeNode), classifier=classifier, segmenter=segmenter,
+                                    method=method, device=device, python=pythonExecutable(),
+                                    temp_root=os.path.join(slicer.app.temporaryPath, "CTExplain"),
+                                    progress=run.onChildProgress)
+        run.job.start()
+        run.tempFolder = run.job.folder
+        return run
+
+    def _placeOutputs(self, inputVolumeNode, outputs) -> Dict[str, Any]:
+        """A finished background run's files (CTExplainLib.background.CaseOutputs) as scene nodes."""
+        before = self._nodeIDs()
+        try:
+            heatMaps = ((name, outputs.heat_map(name)) for name in outputs.heat_map_names())
+            results = self._addOutputs(inputVolumeNode, outputs.record, heatMaps, outputs.labels())
+        except Exception:
+            self._removeNodesAddedSince(before)
+            raise
+        self._replaceOutputs(inputVolumeNode, results)
+        return results
+
+    def _replaceOutputs(self, inputVolumeNode, results: Dict[str, Any]) -> None:
+        keep = {node.GetID() for node in results["nodes"]}
+        self.removeOutputs(inputVolumeNode, keep=keep)
+        top = results["heatMaps"].get(results["topFinding"])
+        slicer.util.setSliceViewerLayers(background=inputVolumeNode, foreground=top, foregroundOpacity=HEAT_MAP_OPACITY)
+
+    @staticmethod
     def _nodeIDs() -> List[str]:
         scene = slicer.mrmlScene
         return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+    def _removeNodesAddedSince(self, before: Sequence[str]) -> None:
+        """Whatever was added (including display nodes and half-built nodes) goes again."""
+        scene, known = slicer.mrmlScene, set(before)
+        for nodeID in reversed([n for n in self._nodeIDs() if n not in known]):
+            node = scene.GetNodeByID(nodeID)
+            if node is not None:
+                scene.RemoveNode(node)
 
     @staticmethod
     def _loadModels(classifier: Optional[str], segmenter: Optional[str]):
@@ -212,12 +590,14 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
                 if other is not None and scene.IsNodePresent(other):
                     scene.RemoveNode(other)
 
-    def _addOutputs(self, inputVolumeNode, analysis, classifierModel) -> Dict[str, Any]:
-        from CTExplainLib.pipeline import finding_anatomy, select_findings
+    def _addOutputs(self, inputVolumeNode, record: Dict[str, Any], heatMaps: Iterable[Tuple[str, np.ndarray]],
+                    labels: Optional[np.ndarray]) -> Dict[str, Any]:
+        """Nodes for one run, the same from both paths: ``record`` is result.json's shape (findings
+        with probabilities and anatomy, segments); arrays are (K, J, I) on the input's grid."""
+        from CTExplainLib.writing import label_array
 
         scene, inputID, base = slicer.mrmlScene, inputVolumeNode.GetID(), inputVolumeNode.GetName()
         ijkToRAS = ijkToRASArray(inputVolumeNode)  # outputs share the input's grid exactly
-        classification, segmentation = analysis.classification, analysis.segmentation
         nodes: List[Any] = []
 
         def tag(node):
@@ -225,33 +605,27 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
             nodes.append(node)
             return node
 
-        probabilities = {n: float(p) for n, p in zip(classification.class_names, classification.probabilities)}
-        labels = segmentation.labels.array if segmentation is not None else None
-        heatMaps: Dict[str, Any] = {}
-        anatomy: Dict[str, Dict[str, Any]] = {}
-        for index in select_findings(classification, classifierModel.metadata.threshold, None):
-            name = classification.class_names[index]
-            heat = classification.heat_map(index, analysis.volume.grid)  # float32 on the input grid
-            node = tag(slicer.util.addVolumeFromArray(heat, ijkToRAS=ijkToRAS, name=f"{base} CTExplain {name}",
-                                                      nodeClassName="vtkMRMLScalarVolumeNode"))
+        heatMapNodes: Dict[str, Any] = {}
+        for name, heat in heatMaps:
+            node = tag(slicer.util.addVolumeFromArray(np.asarray(heat, dtype=np.float32), ijkToRAS=ijkToRAS,
+                                                      name=f"{base} CTExplain {name}", nodeClassName="vtkMRMLScalarVolumeNode"))
             display = node.GetDisplayNode()
             display.SetAndObserveColorNodeID(HEAT_MAP_COLOR_ID)
             display.AutoWindowLevelOff()  # else any Modified() recomputes the window from percentiles
             display.SetWindowLevelMinMax(0.0, 1.0)
-            heatMaps[name] = node
-            anatomy[name] = finding_anatomy(analysis, name, heat, labels, None)
+            heatMapNodes[name] = node
 
         labelMap = segmentationNode = colorTable = None
-        if segmentation is not None:
+        if labels is not None:
+            segments = record.get("segments", [])
             colorTable = tag(scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{base} CTExplain colors"))
             colorTable.SetTypeToUser()  # names from the package, not the built-in "Labels" ("jake")
-            colorTable.SetNumberOfColors(max(s.label for s in segmentation.segments) + 1 if segmentation.segments else 1)
+            colorTable.SetNumberOfColors(max([int(s["label"]) for s in segments] + [0]) + 1)
             colorTable.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-            for segment in segmentation.segments:
-                colorTable.SetColor(segment.label, segment.name, *segment.color, 1.0)
-            array = labels if labels.dtype in (np.uint8, np.uint16) else labels.astype(np.uint16)  # never int64
-            labelMap = tag(slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS, name=f"{base} CTExplain labels",
-                                                          nodeClassName="vtkMRMLLabelMapVolumeNode"))
+            for segment in segments:
+                colorTable.SetColor(int(segment["label"]), segment["name"], *[float(c) for c in segment["color"]], 1.0)
+            labelMap = tag(slicer.util.addVolumeFromArray(label_array(labels), ijkToRAS=ijkToRAS,  # uint8/16, never int64
+                                                          name=f"{base} CTExplain labels", nodeClassName="vtkMRMLLabelMapVolumeNode"))
             labelMap.GetDisplayNode().SetAndObserveColorNodeID(colorTable.GetID())
             segmentationNode = tag(scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{base} CTExplain segmentation"))
             segmentationNode.CreateDefaultDisplayNodes()
@@ -259,28 +633,130 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
             if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelMap, segmentationNode):
                 raise RuntimeError(f"CTExplain: could not import the label map of {base} into a segmentation")
 
+        findings = record.get("findings", [])
+        probabilities = {f["name"]: float(f["probability"]) for f in findings}
+        anatomy = {f["name"]: f["anatomy"] for f in findings if f.get("anatomy") is not None}
         table = tag(scene.AddNewNodeByClass("vtkMRMLTableNode", f"{base} CTExplain findings"))
-        self._fillTable(table, probabilities, anatomy)
-        top = max(heatMaps, key=lambda n: probabilities[n]) if heatMaps else None
-        return {"heatMaps": heatMaps, "labelMap": labelMap, "segmentation": segmentationNode, "colorTable": colorTable,
-                "table": table, "probabilities": probabilities, "anatomy": anatomy, "topFinding": top, "nodes": nodes}
+        self._fillTable(table, findings)
+        top = max(heatMapNodes, key=lambda n: probabilities[n]) if heatMapNodes else None
+        return {"input": inputVolumeNode, "heatMaps": heatMapNodes, "labelMap": labelMap, "segmentation": segmentationNode,
+                "colorTable": colorTable, "table": table, "probabilities": probabilities, "anatomy": anatomy,
+                "topFinding": top, "record": record, "nodes": nodes}
 
     @staticmethod
-    def _fillTable(table, probabilities: Dict[str, float], anatomy: Dict[str, Dict[str, Any]]) -> None:
-        """One row per finding: name, probability, and where its map lies (empty without a map)."""
+    def _fillTable(table, findings: Sequence[Dict[str, Any]]) -> None:
+        """One row per finding: name, probability, where its map lies, and the share of its CAM
+        energy in each region ("CAM in <segment>", "CAM in background", "CAM in outside_body")."""
         columns = [("Finding", vtk.vtkStringArray()), ("Probability", vtk.vtkDoubleArray()),
                    ("Dominant region", vtk.vtkStringArray()), ("Peak region", vtk.vtkStringArray()),
                    ("Peak RAS", vtk.vtkStringArray())]
-        for name, probability in probabilities.items():
-            stats = anatomy.get(name, {})
+        regions: List[str] = []
+        for finding in findings:
+            for region in (finding.get("anatomy") or {}).get("energy_by_segment", {}):
+                if region not in regions:
+                    regions.append(region)
+        energyColumns = [(f"CAM in {region}", vtk.vtkDoubleArray()) for region in regions]
+        for finding in findings:
+            stats = finding.get("anatomy") or {}
             lps = stats.get("peak_lps")
             peak = "" if lps is None else "%.1f, %.1f, %.1f" % (-lps[0], -lps[1], lps[2])  # LPS -> RAS
-            values = [name, probability, stats.get("dominant_segment") or "", stats.get("peak_segment") or "", peak]
+            values = [finding["name"], float(finding["probability"]), stats.get("dominant_segment") or "",
+                      stats.get("peak_segment") or "", peak]
             for (_, column), value in zip(columns, values):
                 column.InsertNextValue(value)
-        for title, column in columns:
+            energy = stats.get("energy_by_segment", {})
+            for region, (_, column) in zip(regions, energyColumns):
+                column.InsertNextValue(float(energy.get(region, float("nan"))))
+        for title, column in columns + energyColumns:
             column.SetName(title)
             table.AddColumn(column)
+
+    # -- display ----------------------------------------------------------------------------
+    def showFinding(self, results: Dict[str, Any], name: str, opacity: Optional[float] = None) -> None:
+        """Show one finding's heat map as the foreground over its input, in every slice view."""
+        slicer.util.setSliceViewerLayers(background=results["input"], foreground=results["heatMaps"][name],
+                                         foregroundOpacity=HEAT_MAP_OPACITY if opacity is None else opacity)
+
+    def setHeatMapDisplay(self, results: Dict[str, Any], opacity: float, threshold: float) -> None:
+        """Foreground opacity, and heat-map values below ``threshold`` hidden (display threshold)."""
+        slicer.util.setSliceViewerLayers(foregroundOpacity=opacity)
+        for node in results["heatMaps"].values():
+            display = node.GetDisplayNode()
+            if display is None:  # removed from the scene since
+                continue
+            display.SetLowerThreshold(float(threshold))
+            display.SetUpperThreshold(1.0)
+            display.SetApplyThreshold(1 if threshold > 0 else 0)
+
+    def setDefaultParameters(self, parameterNode) -> None:
+        for name, value in (("Method", "gradcam"), ("Device", "auto"), ("Opacity", str(HEAT_MAP_OPACITY)),
+                            ("Threshold", "0.0")):
+            if not parameterNode.GetParameter(name):
+                parameterNode.SetParameter(name, value)
+
+    def modelChoices(self) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
+        """(label, package path) for classifiers and for segmenters (with "none"); "" means the default.
+
+        Before the dependencies are installed the catalog cannot be read (it needs torch): then
+        only the defaults are offered.
+        """
+        try:
+            from CTExplainLib.models_catalog import find_packages
+            packages = find_packages()
+        except ImportError:
+            return [("Default", "")], [("Default", ""), ("None", "none")]
+
+        def label(info) -> str:
+            return info.name + (" (untrained demo)" if info.untrained else "")
+
+        classifiers = [(label(p), str(p.path)) for p in packages if p.task != "segmentation"]
+        segmenters = [(label(p), str(p.path)) for p in packages if p.task == "segmentation"] + [("None", "none")]
+        return classifiers or [("Default", "")], segmenters
+
+    # -- dependencies ---------------------------------------------------------------------
+    @staticmethod
+    def missingDependencies(requirements=None) -> List[Any]:
+        """The core's Python packages that are not installed (found without importing them)."""
+        from CTExplainLib import dependencies
+
+        return dependencies.missing(dependencies.REQUIREMENTS if requirements is None else requirements)
+
+    def installDependencies(self, requirements=None) -> bool:
+        """Ask, then install what is missing: torch through the PyTorch extension's PyTorchUtils
+        when it is there (else pip), the rest with slicer.util.pip_install. True if all present."""
+        from CTExplainLib import dependencies
+
+        missing = self.missingDependencies(requirements)
+        if not missing:
+            return True
+        names = ", ".join(r.name for r in missing)
+        if not slicer.util.confirmOkCancelDisplay(
+                f"CTExplain needs Python packages that are not installed: {names}.\n\n"
+                "Install them now? This downloads them and can take several minutes.", windowTitle="CTExplain"):
+            return False
+        torch, others = dependencies.split_torch(missing)
+        if torch is not None and not self._installTorch(torch):
+            return False
+        if others:
+            slicer.util.pip_install([r.pip for r in others])
+        still = self.missingDependencies(missing)
+        if still:
+            LOG.error("CTExplain: still missing after installation: %s", ", ".join(r.name for r in still))
+        return not still
+
+    @staticmethod
+    def _installTorch(requirement) -> bool:
+        from CTExplainLib.dependencies import version_specifier
+
+        try:
+            import PyTorchUtils  # the PyTorch extension (slicer-api.md section 6)
+        except ImportError:
+            slicer.util.pip_install([requirement.pip])
+            return True
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if torchLogic.torchInstalled():
+            return True
+        return torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=version_specifier(requirement)) is not None
 
 
 #
@@ -314,4 +790,23 @@ class CTExplainTest(ScriptedLoadableModuleTest):
         segmentation = results["segmentation"].GetSegmentation()
         segmentNames = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
         self.assertTrue(segmentNames and segmentNames <= packageNames, segmentNames)
+        self.delayDisplay("Test passed")
+
+    def test_background_run(self) -> None:
+        """process(wait=False) gives the outputs of wait=True; Cancel leaves the scene as it was."""
+        from CTExplainLib.models_catalog import SAMPLE_CASES
+
+        inputNode = slicer.util.loadVolume(str(SAMPLE_CASES[0]))
+        logic = CTExplainLogic()
+        before = logic._nodeIDs()
+        run = logic.process(inputNode, segmenter="none", wait=False)
+        run.cancel()
+        self.assertEqual(logic._nodeIDs(), before)
+        run = logic.process(inputNode, segmenter="none", wait=False)
+        self.assertTrue(run.wait(timeout=600), run.error)
+        inProcess = logic.process(inputNode, segmenter="none")
+        for name, node in run.outputs["heatMaps"].items():
+            np.testing.assert_allclose(ijkToRASArray(node), ijkToRASArray(inputNode))
+            np.testing.assert_allclose(slicer.util.arrayFromVolume(node),
+                                       slicer.util.arrayFromVolume(inProcess["heatMaps"][name]), atol=1e-5)
         self.delayDisplay("Test passed")

@@ -11,8 +11,13 @@ the self-test (which clears the scene) comes last.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Dict
@@ -260,8 +265,264 @@ def test_failure_leaves_scene_as_before(env, marked, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="could not import the label map"):
         logic.process(node)
     assert node_ids(slicer) == before
-    with pytest.raises(NotImplementedError, match="wait=True"):
-        logic.process(node, wait=False)
+
+
+def table_rows(tableNode) -> Dict[str, Dict[str, Any]]:
+    table = tableNode.GetTable()
+    names = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    return {table.GetColumnByName("Finding").GetValue(r): {n: table.GetColumnByName(n).GetValue(r) for n in names}
+            for r in range(table.GetNumberOfRows())}
+
+
+# 8
+def test_background_run_gives_the_in_process_outputs(env):
+    slicer, module = env
+    node = slicer.util.loadVolume(str(SAMPLE))
+    logic = module.CTExplainLogic()
+    inProcess = logic.process(node)
+    count = slicer.mrmlScene.GetNumberOfNodes()
+    events = []
+    run = logic.process(node, wait=False, progress=lambda stage, fraction: events.append((stage, fraction)))
+    assert isinstance(run, module.CTExplainRun) and run.running
+    assert run.wait(timeout=300), run.error
+    assert not run.running and run.error is None and not run.tempFolder.exists()
+
+    stages = [stage for stage, _ in events]
+    fractions = [fraction for _, fraction in events]
+    assert stages[0] == "load" and stages[-2:] == ["scene", "done"]
+    assert {"preprocess", "classify+explain", "segment", "heat maps"} <= set(stages)
+    assert fractions == sorted(fractions) and fractions[0] < 0.5 and fractions[-1] == 1.0
+
+    background = run.outputs
+    assert slicer.mrmlScene.GetNumberOfNodes() == count  # the re-run replaced the in-process outputs
+    assert all(n.GetScene() is slicer.mrmlScene for n in background["nodes"])
+    assert set(background["heatMaps"]) == set(inProcess["heatMaps"])
+    m_in = matrix_of(node)
+    for name, heat in background["heatMaps"].items():
+        np.testing.assert_array_equal(matrix_of(heat), m_in)  # exactly the input's IJK-to-RAS
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(heat), slicer.util.arrayFromVolume(inProcess["heatMaps"][name]), atol=1e-5)
+        assert slicer.util.arrayFromVolume(heat).dtype == np.float32
+    np.testing.assert_array_equal(matrix_of(background["labelMap"]), m_in)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(background["labelMap"]), slicer.util.arrayFromVolume(inProcess["labelMap"]))
+    assert slicer.util.arrayFromVolume(background["labelMap"]).dtype == slicer.util.arrayFromVolume(inProcess["labelMap"]).dtype
+    assert background["probabilities"] == pytest.approx(inProcess["probabilities"], abs=1e-6)
+    segments = background["segmentation"].GetSegmentation()
+    assert sorted(segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())) == \
+        sorted(inProcess["segmentation"].GetSegmentation().GetNthSegment(i).GetName()
+               for i in range(inProcess["segmentation"].GetSegmentation().GetNumberOfSegments()))
+
+    # The findings table: probabilities and the CAM-in-anatomy shares, the same from both paths,
+    # and the same as the command line's result.json (the background run's record).
+    rows, expected = table_rows(background["table"]), table_rows(inProcess["table"])
+    assert rows.keys() == expected.keys() == set(background["probabilities"])
+    for name, row in rows.items():
+        assert set(row) == set(expected[name])
+        assert {"CAM in lungs", "CAM in body", "CAM in background", "CAM in outside_body"} <= set(row)
+        for column, value in row.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(expected[name][column], abs=1e-6), column
+            else:
+                assert value == expected[name][column], column
+        finding = next(f for f in background["record"]["findings"] if f["name"] == name)
+        for region, share in finding["anatomy"]["energy_by_segment"].items():
+            assert row[f"CAM in {region}"] == pytest.approx(share, abs=1e-12)
+        assert sum(row[c] for c in row if c.startswith("CAM in ")) == pytest.approx(1.0)
+
+
+def _descendants(pid: int):
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            children = [int(c) for c in task.read_text().split()]
+            found += children
+            todo += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    from CTExplainLib.background import process_alive
+
+    return process_alive(pid)
+
+
+# 9
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="process tree read from /proc")
+def test_cancel_kills_the_process_tree_and_leaves_the_scene(env):
+    slicer, module = env
+    node = slicer.util.loadVolume(str(SAMPLE))
+    before = node_ids(slicer)
+    temp_root = Path(slicer.app.temporaryPath) / "CTExplain"
+    folders_before = set(temp_root.iterdir()) if temp_root.is_dir() else set()
+    events = []
+    run = module.CTExplainLogic().process(node, wait=False, progress=lambda *event: events.append(event))
+    assert run.tempFolder.is_dir()
+    deadline = time.monotonic() + 120
+    while not events and time.monotonic() < deadline:
+        assert not run.poll(), run.error
+        time.sleep(0.05)
+    assert events, "no progress line within 120 s"
+    pid = run.pid
+    tree = [pid] + _descendants(pid)
+    assert os.getpgid(pid) == pid != os.getpgid(0)
+    run.cancel()
+    assert run.cancelled and run.error == "cancelled" and run.poll() and run.outputs is None
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in tree)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    assert node_ids(slicer) == before
+    assert not run.tempFolder.exists()
+    assert (set(temp_root.iterdir()) if temp_root.is_dir() else set()) == folders_before
+    run.cancel()  # a second cancel is harmless
+
+
+def _unregistered_network_package(tmp_path: Path) -> Path:
+    package = tmp_path / "unknown-network"
+    shutil.copytree(resolve_package(DEFAULT_CLASSIFIER), package)
+    metadata = json.loads((package / "ctexplain-model.json").read_text())
+    metadata["network"] = "NotARegistryNet"
+    (package / "ctexplain-model.json").write_text(json.dumps(metadata))
+    return package
+
+
+# 10
+def test_background_failure_sets_the_error_and_leaves_the_scene(env, marked, tmp_path, monkeypatch):
+    slicer, module = env
+    node, _ = marked  # it has outputs from an earlier run: they must survive
+    before = node_ids(slicer)
+    logic = module.CTExplainLogic()
+    run = logic.process(node, classifier=str(_unregistered_network_package(tmp_path)), wait=False)
+    assert run.wait(timeout=300) is False
+    assert "NotARegistryNet" in run.error and "registry" in run.error
+    assert node_ids(slicer) == before and not run.tempFolder.exists()
+    # A failure while its files become nodes (after some were added).
+    monkeypatch.setattr(slicer.modules.segmentations, "logic", lambda: _FailingSegmentationsLogic())
+    run = logic.process(node, wait=False)
+    assert run.wait(timeout=300) is False
+    assert "could not import the label map" in run.error
+    assert node_ids(slicer) == before and not run.tempFolder.exists()
+
+
+# 11
+def test_finding_display_opacity_and_threshold(env, marked):
+    slicer, module = env
+    node, results = marked
+    logic = module.CTExplainLogic()
+    logic.showFinding(results, "demo finding B", 0.3)
+    for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+        assert composite.GetBackgroundVolumeID() == node.GetID()
+        assert composite.GetForegroundVolumeID() == results["heatMaps"]["demo finding B"].GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+    logic.setHeatMapDisplay(results, 0.7, 0.25)
+    for heat in results["heatMaps"].values():
+        display = heat.GetDisplayNode()
+        assert display.GetApplyThreshold() == 1
+        assert (display.GetLowerThreshold(), display.GetUpperThreshold()) == pytest.approx((0.25, 1.0))
+    assert all(c.GetForegroundOpacity() == pytest.approx(0.7) for c in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"))
+    logic.setHeatMapDisplay(results, 0.5, 0.0)
+    assert all(h.GetDisplayNode().GetApplyThreshold() == 0 for h in results["heatMaps"].values())
+    parameterNode = logic.getParameterNode()
+    logic.setDefaultParameters(parameterNode)
+    assert parameterNode.GetParameter("Method") == "gradcam" and parameterNode.GetParameter("Opacity") == "0.5"
+    classifiers, segmenters = logic.modelChoices()
+    assert any("demo-chest-classifier-untrained" in label for label, _ in classifiers)
+    assert segmenters[-1] == ("None", "none")
+
+
+# 12
+def test_missing_dependencies_are_found_without_importing_them(env):
+    from CTExplainLib.dependencies import REQUIREMENTS, Requirement
+
+    _, module = env
+    fake = [Requirement("numpy", "numpy>=1.24"), Requirement("ctexplain_no_such_package_x", "no-such-package-x>=1.0")]
+    assert module.CTExplainLogic.missingDependencies(fake) == [fake[1]]
+    assert fake[1].name == "no-such-package-x"
+    assert module.CTExplainLogic.missingDependencies() == []  # this environment has them all
+    assert {r.name for r in REQUIREMENTS} >= {"torch", "monai", "SimpleITK", "numpy", "pydicom", "pylibjpeg",
+                                               "pylibjpeg-openjpeg", "safetensors", "slicerio"}
+
+
+@pytest.fixture
+def missing_torch_and_monai(monkeypatch):
+    from CTExplainLib import dependencies
+
+    monkeypatch.setattr(dependencies, "is_installed", lambda module, find_spec=None: module not in ("torch", "monai"))
+
+
+def test_install_asks_first_then_uses_pip(env, missing_torch_and_monai, monkeypatch, caplog):
+    slicer, module = env
+    monkeypatch.setattr(slicer.app, "pipRequests", [])
+    asked = []
+    original = slicer.util.confirmOkCancelDisplay
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: asked.append(text) or original(text, **kw))
+    # Testing mode: the dialog answers OK (slicer-api.md section 1); no PyTorch extension: pip for torch too.
+    assert module.CTExplainLogic().installDependencies() is False  # the stand-in's pip installs nothing
+    assert len(asked) == 1 and "torch" in asked[0] and "monai" in asked[0]
+    assert slicer.app.pipRequests == [["torch>=2.1"], ["monai>=1.4"]]
+
+
+def test_install_uses_pytorchutils_when_present(env, missing_torch_and_monai, monkeypatch):
+    slicer, module = env
+    monkeypatch.setattr(slicer.app, "pipRequests", [])
+    calls = []
+
+    class PyTorchUtilsLogic:
+        def torchInstalled(self):
+            return False
+
+        def installTorch(self, askConfirmation=False, torchVersionRequirement=None):
+            calls.append((askConfirmation, torchVersionRequirement))
+            return object()  # the torch module
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    module.CTExplainLogic().installDependencies()
+    assert calls == [(True, ">=2.1")]
+    assert slicer.app.pipRequests == [["monai>=1.4"]]
+
+
+def test_install_declined_installs_nothing(env, missing_torch_and_monai, monkeypatch):
+    slicer, module = env
+    monkeypatch.setattr(slicer.app, "pipRequests", [])
+    monkeypatch.setattr(slicer.app.commandOptions(), "testingEnabled", False)
+    monkeypatch.setattr(slicer.app, "dialogResponder", lambda kind, text: kind == "confirmOkCancelDisplay" and False)
+    assert module.CTExplainLogic().installDependencies() is False
+    assert slicer.app.pipRequests == []
+
+
+NO_HEAVY_PACKAGES = """
+import importlib.abc, sys
+BLOCKED = {"torch", "monai", "pydicom", "pylibjpeg", "openjpeg", "safetensors", "slicerio", "matplotlib", "tqdm"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("blocked: " + name)
+        return None
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, sys.argv[1])
+import slicer_standin
+slicer = slicer_standin.install(testing=False)   # a dialog would raise: none may be shown
+module = slicer_standin.load_scripted_module(sys.argv[2])
+logic = module.CTExplainLogic()
+missing = [r.name for r in logic.missingDependencies()]
+print(missing)
+assert "torch" in missing and "monai" in missing and "numpy" not in missing, missing
+assert logic.modelChoices() == ([("Default", "")], [("Default", ""), ("None", "none")])
+assert slicer.app.pipRequests == []
+assert not BLOCKED & set(m.split(".")[0] for m in sys.modules), BLOCKED & set(sys.modules)
+slicer_standin.uninstall()
+print("ok")
+"""
+
+
+# 13
+def test_module_loads_without_its_dependencies_and_installs_nothing_at_import():
+    result = subprocess.run([sys.executable, "-c", NO_HEAVY_PACKAGES, str(Path(__file__).parent), str(MODULE_FILE)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("ok")
 
 
 # 7
@@ -271,6 +532,8 @@ def test_ui_file_has_every_widget_the_module_uses():
     used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
     assert used and used <= set(widgets), used - set(widgets)
     assert widgets["inputSelector"] == "qMRMLNodeComboBox"
+    assert {widgets[n] for n in ("classifierComboBox", "segmenterComboBox")} == {"QComboBox"}
+    assert {widgets[n] for n in ("opacitySlider", "thresholdSlider")} == {"ctkSliderWidget"}
     selector = next(w for w in root.iter("widget") if w.get("name") == "inputSelector")
     node_types = [s.text for p in selector.iter("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
     assert node_types == ["vtkMRMLScalarVolumeNode"]
@@ -284,6 +547,8 @@ def test_module_description(env):
     assert parent.title == "CTExplain" and parent.categories == ["Explainability"]
     assert "TotalSegmentator" in parent.acknowledgementText and "Apache-2.0" in parent.acknowledgementText
     assert "UNTRAINED" in parent.acknowledgementText
+    for source in ("CT-ICH", "10.13026/w8q8-ky94", "CC BY 4.0", "Inf-Net", "Kaggle"):
+        assert source in parent.acknowledgementText, source
 
 
 # 6 (last: the self-test clears the scene)

@@ -10,6 +10,7 @@ the exit status is 2 if any case failed.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--slice-labels", type=Path, default=None, help="CSV (case,slice,positive): report CAM energy in positive slices")
     explain.add_argument("--keep-phi", action="store_true", help="keep patient name/ID in result.json")
     explain.add_argument("--no-progress", action="store_true", help="no progress bar")
+    explain.add_argument("--progress-jsonl", action="store_true",
+                         help="machine-readable progress: one JSON object per line on stdout (the summary goes to stderr)")
 
     models = commands.add_parser("models", help="list the model packages CTExplain can find")
     models.add_argument("--dir", action="append", type=Path, default=[], help="also look in this folder")
@@ -77,6 +80,45 @@ def _summary(results: Sequence[CaseResult]) -> str:
     widths = [max(len(row[c]) for row in rows[:]) for c in range(4)]
     lines = ["  ".join(row[c].ljust(widths[c]) for c in range(4)) + "  " + row[4] for row in rows]
     return "\n".join(lines)
+
+
+class JsonlProgress:
+    """``--progress-jsonl``: one JSON object per line on stdout, flushed at once, for a parent process.
+
+    A line when a case enters a stage for the first time (stages such as "heat maps" are entered
+    once per finding) and a last line when it ends::
+
+        {"case": "chest_ct", "index": 0, "cases": 1, "stage": "preprocess", "fraction": 0.125}
+        {"case": "chest_ct", "index": 0, "cases": 1, "stage": "done", "fraction": 1.0, "ok": true, "error": "", "output": "..."}
+
+    ``fraction`` is the case's own progress and never decreases within a case.
+    """
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.case, self.index, self.cases = "", 0, 0
+        self.seen: set = set()
+        self.fraction = 0.0
+
+    def start_case(self, case: str, index: int, cases: int) -> None:
+        self.case, self.index, self.cases = case, index, cases
+        self.seen, self.fraction = set(), 0.0
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if stage in self.seen:
+            return
+        self.seen.add(stage)
+        self.fraction = max(self.fraction, min(float(fraction), 1.0))
+        self._emit({"stage": stage, "fraction": self.fraction})
+
+    def end_case(self, result: CaseResult) -> None:
+        self._emit({"stage": "done", "fraction": 1.0, "ok": result.ok, "error": result.error,
+                    "output": str(result.output) if result.output else None})
+
+    def _emit(self, fields: Dict[str, object]) -> None:
+        record = {"case": self.case, "index": self.index, "cases": self.cases, **fields}
+        self.stream.write(json.dumps(record) + "\n")
+        self.stream.flush()
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -115,14 +157,19 @@ def run_explain(args: argparse.Namespace) -> int:
     results: List[CaseResult] = [CaseResult(input=str(path), error=problem) for path, problem in problems]
     folders: Dict[Path, Path] = unique_case_folders(cases, args.out)
     args.out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(cases), unit="case", disable=args.no_progress or not sys.stderr.isatty() and "CI" in os.environ)
-    for case in cases:
+    jsonl = JsonlProgress() if args.progress_jsonl else None
+    bar = tqdm(total=len(cases), unit="case", disable=args.no_progress or jsonl is not None or not sys.stderr.isatty() and "CI" in os.environ)
+    for index, case in enumerate(cases):
         bar.set_description(case.name)
 
         def progress(stage: str, fraction: float) -> None:
             bar.set_postfix_str(stage)
 
-        result = explain_case(case, folders[case], classifier, segmenter, options, progress)
+        if jsonl is not None:
+            jsonl.start_case(folders[case].name, index, len(cases))
+        result = explain_case(case, folders[case], classifier, segmenter, options, jsonl if jsonl is not None else progress)
+        if jsonl is not None:
+            jsonl.end_case(result)
         if not result.ok:
             tqdm.write(f"error: {result.error}", file=sys.stderr)
         for warning in result.warnings:
@@ -132,7 +179,7 @@ def run_explain(args: argparse.Namespace) -> int:
     bar.close()
     for path, problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    print(_summary(results))
+    print(_summary(results), file=sys.stderr if jsonl is not None else sys.stdout)
     return 0 if all(r.ok for r in results) else EXIT_CASE_FAILED
 
 
