@@ -455,10 +455,8 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
         if not wait:
             return self._start(inputVolumeNode, classifier, segmenter, method, device, progress)
         from CTExplainLib import pipeline
-        from CTExplainLib.anatomy import body_mask
 
         report = progress or (lambda stage, fraction: None)
-        scene = slicer.mrmlScene
         before = self._nodeIDs()
         try:
             classifierModel, segmenterModel = self._loadModels(classifier, segmenter)
@@ -468,33 +466,21 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
             analysis = pipeline.analyse(volume, classifierModel, segmenterModel,
                                         pipeline.ExplainOptions(method=method, device=device), timer)
             classification, segmentation = analysis.classification, analysis.segmentation
-            labels = segmentation.labels.array if segmentation is not None else None
             with timer.stage("statistics"):
-                # As pipeline.write_analysis: the body mask splits each map into in and outside the body.
-                body = body_mask(volume) if volume.metadata.get("intensity", "hu") == "hu" else None
-                regions = labels if labels is not None else (np.zeros(volume.grid.shape, np.uint8) if body is not None else None)
-            threshold = classifierModel.metadata.threshold
-            findings = [{"name": name, "probability": float(p), "above_threshold": bool(p >= threshold)}
-                        for name, p in zip(classification.class_names, classification.probabilities)]
-            record = {
-                "classifier": classifierModel.identity,
-                "segmenter": segmenterModel.identity if segmenterModel is not None else None,
-                "method": method,
-                "findings": findings,
-                "segments": [{"label": s.label, "name": s.name, "color": list(s.color)} for s in segmentation.segments]
-                if segmentation is not None else [],
-                "warnings": list(classification.warnings) + (list(segmentation.warnings) if segmentation is not None else []),
-            }
+                regions = pipeline.case_regions(analysis)
+            record = pipeline.analysis_record(analysis, classifierModel, segmenterModel, method)
+            findings = record["findings"]
 
             def heatMaps():
-                for index in pipeline.select_findings(classification, threshold, None):
+                for index in pipeline.select_findings(classification, classifierModel.metadata.threshold, None):
                     name = classification.class_names[index]
                     heat = classification.heat_map(index, volume.grid)  # float32 on the input grid
-                    findings[index]["anatomy"] = pipeline.finding_anatomy(analysis, name, heat, regions, body)
+                    findings[index]["anatomy"] = pipeline.finding_anatomy(analysis, name, heat, regions)
                     yield name, heat
 
             with timer.stage("scene"):
-                results = self._addOutputs(inputVolumeNode, record, heatMaps(), labels)
+                results = self._addOutputs(inputVolumeNode, record, heatMaps(),
+                                           segmentation.labels.array if segmentation is not None else None)
         except Exception:
             self._removeNodesAddedSince(before)
             raise

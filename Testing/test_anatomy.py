@@ -8,8 +8,10 @@ from typing import Dict
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from CTExplainLib.anatomy import (
+    OUTSIDE_BODY,
     AnatomyStats,
     anatomy_stats,
     body_mask,
@@ -186,3 +188,27 @@ def test_body_mask_on_shrunk_grid_matches_full_resolution(data_dir, monkeypatch)
     middle = ct.array.shape[0] // 2
     lung = (ct.array[middle] < -900) & full[middle]
     assert lung.sum() > 1000 and shrunk[middle][lung].mean() > 0.99
+
+
+def test_regions_from_the_coarse_body_mask_give_the_full_mask_statistics(real_ct: Volume, real_seg: np.ndarray, real_names: Dict[int, str]) -> None:
+    """Regions.for_ct keeps the body mask on its shrunk grid and expands it slab by slab; the
+    statistics must be those of the full-size mask (here on a CT resampled to 0.7 mm pixels,
+    so that the mask is shrunk 2x in-plane)."""
+    from CTExplainLib.anatomy import Regions
+    from CTExplainLib.resample import resample_array
+
+    fine = Grid((522, 432, 30), (0.7, 0.7, 3.0), real_ct.grid.origin, real_ct.grid.direction)
+    ct = Volume(resample_array(real_ct.array, real_ct.grid, fine, "linear", -1024.0), fine)
+    labels = resample_array(real_seg.astype(np.uint8), real_ct.grid, fine, "nearest", 0, sitk.sitkUInt8)
+    rng = np.random.default_rng(1)
+    heat = np.clip(rng.normal(size=fine.shape), 0, None).astype(np.float32)
+    heat[:, :40, :] = 2.0  # a band in front of the body: energy outside it
+    heat[12, 200, 300] = 9.0
+    expected = anatomy_stats("finding", ct.with_array(heat), labels, real_names, body_mask(ct))
+    regions = Regions.for_ct(ct, labels)
+    got = anatomy_stats("finding", ct.with_array(heat), names=real_names, regions=regions)
+    assert got.energy_by_segment.keys() == expected.energy_by_segment.keys()
+    for name, share in expected.energy_by_segment.items():
+        assert got.energy_by_segment[name] == pytest.approx(share, abs=1e-12), name
+    assert expected.energy_by_segment[OUTSIDE_BODY] > 0.05
+    assert (got.peak_index_kji, got.peak_segment, got.key_slices) == (expected.peak_index_kji, expected.peak_segment, expected.key_slices)

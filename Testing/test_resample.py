@@ -22,3 +22,74 @@ def test_slabs_equal_one_resample(interpolation: str, data_dir: Path, monkeypatc
     pieces = resample.resample_array(sitk.GetArrayFromImage(image), source, target, interpolation, -1024.0)
     whole = sitk.Resample(image, target.reference_image(), sitk.Transform(), resample.INTERPOLATORS[interpolation], -1024.0, sitk.sitkFloat32)
     np.testing.assert_array_equal(pieces, sitk.GetArrayFromImage(whole))
+
+
+def _flipped(grid: Grid, axes: tuple) -> Grid:
+    """The same voxels indexed backwards along ``axes``: origin at the far corner, direction negated."""
+    direction = grid.direction.copy()
+    far = [grid.size[a] - 1 if a in axes else 0 for a in range(3)]
+    for a in axes:
+        direction[:, a] *= -1.0
+    return Grid(grid.size, grid.spacing, grid.index_to_point(far), direction)
+
+
+AXIS_PARALLEL_TARGETS = {
+    # name: (size, spacing, first voxel in source index units, flipped axes of the target)
+    "finer, partly outside": ((150, 130, 41), (0.9, 1.1, 2.2), (-12.3, 5.7, -4.4), ()),
+    "coarser, RAS order": ((60, 50, 20), (4.1, 3.3, 5.5), (3.2, 2.9, 1.1), (0, 1)),
+    "one voxel thick, z flipped": ((100, 90, 1), (1.0, 1.0, 1.0), (10.0, 10.0, 12.5), (2,)),
+}
+
+
+@pytest.mark.parametrize("target_name", sorted(AXIS_PARALLEL_TARGETS))
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+def test_axis_parallel_path_equals_simpleitk(target_name: str, interpolation: str, data_dir: Path) -> None:
+    """The per-axis interpolation used for axis-parallel grids must be SimpleITK's, voxel for voxel."""
+    image = sitk.ReadImage(str(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz"))
+    source = Grid.of_image(image)
+    size, spacing, first, flipped = AXIS_PARALLEL_TARGETS[target_name]
+    target = _flipped(Grid(size, spacing, source.index_to_point(first), source.direction), flipped)
+    assert resample.SeparablePlan.of(source, target) is not None
+    if interpolation == "linear":
+        array, output_type, default = sitk.GetArrayFromImage(image), sitk.sitkFloat32, -1024.0
+    else:  # label maps: integers through nearest neighbour
+        array, output_type, default = (sitk.GetArrayFromImage(image) > 0).astype(np.uint8) * 7, sitk.sitkUInt8, 0
+    fast = resample.resample_array(array, source, target, interpolation, default, output_type)
+    reference = sitk.Resample(resample.image_on_grid(array, source), target.reference_image(), sitk.Transform(),
+                              resample.INTERPOLATORS[interpolation], default, output_type)
+    np.testing.assert_array_equal(fast, sitk.GetArrayFromImage(reference))
+    assert fast.dtype == sitk.GetArrayViewFromImage(reference).dtype
+
+
+def test_oblique_grids_are_left_to_simpleitk(real_ct_grid: Grid) -> None:
+    rotation = np.reshape(sitk.Euler3DTransform((0, 0, 0), 0.0, 0.0, 0.3).GetMatrix(), (3, 3))
+    oblique = Grid((40, 40, 10), (2.0, 2.0, 3.0), real_ct_grid.origin, rotation)
+    assert resample.SeparablePlan.of(real_ct_grid, oblique) is None
+    assert resample.SeparablePlan.of(oblique, real_ct_grid) is None
+
+
+@pytest.fixture
+def real_ct_grid(data_dir: Path) -> Grid:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz"))
+    reader.ReadImageInformation()
+    return Grid(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), np.reshape(reader.GetDirection(), (3, 3)))
+
+
+@pytest.mark.parametrize("flipped", [(), (0, 1)])
+def test_label_mapping_equals_the_simpleitk_path(flipped: tuple, real_ct_grid: Grid) -> None:
+    """The arg-max of segment probabilities on the input grid: the axis-parallel path and the
+    slab-by-slab SimpleITK path give the same labels (including ties and points outside)."""
+    from CTExplainLib.segment import _labels_by_slabs, labels_on_grid
+
+    rng = np.random.default_rng(0)
+    model_grid = _flipped(Grid((48, 40, 14), (7.1, 6.9, 6.3), real_ct_grid.index_to_point((5.5, 3.25, 2.0)), real_ct_grid.direction), flipped)
+    logits = rng.normal(size=(4,) + model_grid.shape).astype(np.float32)
+    logits[:, :, :5, :5] = 0.0  # equal probabilities: the first segment must win in both
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
+    assert resample.SeparablePlan.of(model_grid, real_ct_grid) is not None
+    fast = labels_on_grid(probabilities, model_grid, real_ct_grid)
+    reference = np.zeros(real_ct_grid.shape, dtype=np.uint8)
+    _labels_by_slabs(probabilities, model_grid, real_ct_grid, reference)
+    np.testing.assert_array_equal(fast, reference)
+    assert len(np.unique(fast)) == 4

@@ -346,3 +346,21 @@ def test_write_png_round_trips(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_png(rgb.astype(np.float32), tmp_path / "bad.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["montage.png"]
+
+
+def test_image_backed_array_is_written_as_it_is(tmp_path: Path, real_ct: Volume) -> None:
+    """A map filled in place in an image-backed array (no copy on writing) reads back exactly
+    as the same values written from an ordinary array, with the grid of the CT."""
+    from CTExplainLib.volume import backing_image, image_backed_array
+
+    heat = image_backed_array(real_ct.grid, np.float32)
+    assert heat.flags.writeable and not heat.any()
+    heat[...] = np.linspace(0.0, 1.0, heat.size, dtype=np.float32).reshape(heat.shape)
+    assert backing_image(heat) is not None
+    assert backing_image(heat[1:]) is None and backing_image(heat.copy()) is None
+    writing.write_image(real_ct.with_array(heat), tmp_path / "backed.nrrd")
+    writing.write_image(real_ct.with_array(heat.copy()), tmp_path / "copied.nrrd")
+    backed, copied = (sitk.ReadImage(str(tmp_path / f"{name}.nrrd")) for name in ("backed", "copied"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(backed), sitk.GetArrayFromImage(copied))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(backed), heat)
+    assert Grid.of_image(backed).same_as(real_ct.grid, tolerance=0.0)

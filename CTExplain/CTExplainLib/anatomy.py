@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from .resample import resample_array
+from .resample import SeparablePlan, resample_array
 from .volume import Grid, Volume
+from .writing import label_counts
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,24 @@ def body_mask(ct: Volume, threshold_hu: float = -500.0) -> np.ndarray:
     The threshold is in HU: on windowed 8-bit images (e.g. CT-ICH JPEGs) the result is
     meaningless; a warning is logged when the value range does not look like HU.
     """
+    mask = _coarse_body_mask(ct, threshold_hu)
+    if mask is None:
+        return np.zeros(ct.array.shape, dtype=bool)
+    small, grid = mask
+    if grid is ct.grid:
+        return small.view(bool)
+    return body_mask_from(small, grid, ct.grid)
+
+
+def body_mask_from(small: np.ndarray, grid: Grid, target: Grid) -> np.ndarray:
+    """A 0/1 mask on ``grid`` brought (nearest neighbour) to ``target``, as booleans."""
+    return resample_array(small, grid, target, "nearest", 0.0, sitk.sitkUInt8).view(bool)
+
+
+def _coarse_body_mask(ct: Volume, threshold_hu: float) -> Optional[Tuple[np.ndarray, Grid]]:
+    """The body mask (uint8, 0 or 1) on the grid it is computed on: ``ct.grid`` itself, or
+    that grid averaged in-plane to about BODY_MASK_SPACING_MM; None when no voxel is above
+    the threshold."""
     array = ct.array
     if array.size and float(array.min()) >= 0.0:
         logger.warning(
@@ -48,36 +67,57 @@ def body_mask(ct: Volume, threshold_hu: float = -500.0) -> np.ndarray:
     # component is picked from shape statistics rather than by relabelling the whole volume.
     # Sub-millimetre slices are averaged in-plane to about BODY_MASK_SPACING_MM first: the
     # outline of a body needs no finer voxels, and the work shrinks by the square.
-    image = ct.to_sitk()
     shrink = max(1, int(BODY_MASK_SPACING_MM // min(ct.grid.spacing[:2])))
     if shrink > 1:
-        image = sitk.BinShrink(image, [shrink, shrink, 1])
-    mask_grid = Grid.of_image(image)
+        # Slab by slab (the shrinking is per slice), so that no full-size copy of the CT is made.
+        pieces = []
+        for start in range(0, array.shape[0], SLAB_SLICES):
+            stop = min(start + SLAB_SLICES, array.shape[0])
+            slab = sitk.GetImageFromArray(array[start:stop])
+            ct.grid.slab(start, stop).apply_to(slab)
+            shrunk = sitk.BinShrink(slab, [shrink, shrink, 1])
+            if start == 0:
+                first = Grid.of_image(shrunk)
+            pieces.append(sitk.GetArrayFromImage(shrunk))
+        image = sitk.GetImageFromArray(np.concatenate(pieces))
+        mask_grid = Grid((first.size[0], first.size[1], array.shape[0]), first.spacing, first.origin, first.direction)
+        mask_grid.apply_to(image)
+        del pieces
+    else:
+        image, mask_grid = ct.to_sitk(), ct.grid
     components = sitk.ConnectedComponent(image > float(threshold_hu))
     del image
     statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.ComputePerimeterOff()  # only the sizes are needed; the perimeter is slow
     statistics.Execute(components)
     if not statistics.GetLabels():
         logger.warning("body_mask: no voxel above %s HU; returning an empty mask", threshold_hu)
-        return np.zeros(array.shape, dtype=bool)
+        return None
     biggest = max(statistics.GetLabels(), key=statistics.GetNumberOfPixels)
     largest = sitk.GetArrayFromImage(components == biggest)
     del components
-    for k, section in enumerate(largest):
-        largest[k] = _fill_holes_2d(section.astype(bool))
-    if shrink == 1:
-        return largest.astype(bool)
-    return resample_array(largest, mask_grid, ct.grid, "nearest", 0.0, sitk.sitkUInt8).astype(bool)
+    _fill_holes_per_slice(largest)
+    return largest, mask_grid
 
 
-def _fill_holes_2d(section: np.ndarray) -> np.ndarray:
-    if not section.any():
-        return section
-    image = sitk.GetImageFromArray(section.astype(np.uint8))
-    return sitk.GetArrayFromImage(sitk.BinaryFillhole(image, fullyConnected=False, foregroundValue=1)) > 0
+def _fill_holes_per_slice(mask: np.ndarray) -> None:
+    """Fill, in place, the holes of each axial slice of a 0/1 uint8 mask (4-connected background).
+
+    Slices are stacked with a plane of foreground between any two and at both ends, so that
+    one 3D hole filling does the work of one 2D filling per slice: a background region can
+    reach the image border only within its own slice.
+    """
+    for start in range(0, mask.shape[0], FILL_SLAB_SLICES):
+        slab = mask[start : start + FILL_SLAB_SLICES]
+        stack = np.ones((2 * slab.shape[0] + 1,) + slab.shape[1:], dtype=np.uint8)
+        stack[1::2] = slab
+        filled = sitk.BinaryFillhole(sitk.GetImageFromArray(stack), fullyConnected=False, foregroundValue=1)
+        slab[...] = sitk.GetArrayViewFromImage(filled)[1::2]
+        del filled
 
 
 SLAB_SLICES = 16  # axial slices processed at once by the energy sums
+FILL_SLAB_SLICES = 64  # axial slices filled at once by _fill_holes_per_slice
 
 
 def _energy_map(heat: np.ndarray) -> np.ndarray:
@@ -95,6 +135,152 @@ def _energy_map(heat: np.ndarray) -> np.ndarray:
 def _check_same_shape(heat: np.ndarray, other: np.ndarray, what: str) -> None:
     if np.shape(other) != np.shape(heat):
         raise ValueError(f"{what} shape {np.shape(other)} differs from the heat map's {np.shape(heat)}")
+
+
+class Regions:
+    """The regions a case's heat maps are split into: each label value of a segmentation, and
+    for each whether the voxel is in the body, numbered ``2 * label + inside_body``.
+
+    Built once per case and shared by all findings (:meth:`of` from full arrays;
+    :meth:`for_ct` makes the body mask itself and keeps it on its coarse grid). The codes
+    are made slab by slab when a heat map is measured, so no full-size array is added to
+    the label map.
+    """
+
+    def __init__(self, shape: Tuple[int, ...], labels: Optional[np.ndarray], body: Optional[Callable[[int, int], np.ndarray]]) -> None:
+        self.shape = tuple(shape)
+        self.labels = labels  # non-negative integers, or None for all background
+        self.body_slab = body  # (start, stop) -> body mask of those slices (0/1), or None: no body mask
+        if labels is not None:
+            if labels.size and not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"label map must hold integers, got {labels.dtype}")
+            if labels.size and labels.min() < 0:
+                raise ValueError(f"label map holds negative labels (min {labels.min()})")
+        self.voxels = label_counts(labels) if labels is not None else np.array([int(np.prod(shape, dtype=np.int64))])
+        top = self.voxels.size - 1
+        self.dtype = np.uint8 if 2 * top + 1 < 256 else np.uint16 if 2 * top + 1 < 65536 else np.int64
+        self._scratch: Dict[str, np.ndarray] = {}  # buffers of summarise_heat, reused by every finding
+
+    @property
+    def with_body(self) -> bool:
+        return self.body_slab is not None
+
+    @classmethod
+    def of(cls, labels: np.ndarray, body: Optional[np.ndarray] = None) -> "Regions":
+        """Regions of a label map and, if given, a full boolean body mask of the same shape."""
+        labels = np.asarray(labels)
+        if body is None:
+            return cls(labels.shape, labels, None)
+        mask = np.asarray(body, dtype=bool)
+        _check_same_shape(labels, mask, "body mask")
+        return cls(labels.shape, labels, lambda start, stop: mask[start:stop])
+
+    @classmethod
+    def for_ct(cls, ct: Volume, labels: Optional[np.ndarray], threshold_hu: float = -500.0) -> "Regions":
+        """Regions of ``labels`` (all background if None) and of :func:`body_mask` of ``ct``."""
+        shape = ct.array.shape
+        if labels is not None:
+            labels = np.asarray(labels)
+            _check_same_shape(ct.array, labels, "label map")
+        coarse = _coarse_body_mask(ct, threshold_hu)
+        if coarse is None:  # no body at all: every voxel is outside it
+            return cls(shape, labels, lambda start, stop: np.zeros((stop - start,) + shape[1:], dtype=np.uint8))
+        small, grid = coarse
+        plan = None if grid is ct.grid else SeparablePlan.of(grid, ct.grid)
+        if grid is ct.grid or plan is None:  # the mask at full size (for other grids SimpleITK resamples it)
+            mask = small if grid is ct.grid else body_mask_from(small, grid, ct.grid)
+            return cls(shape, labels, lambda start, stop: mask[start:stop])
+
+        def body_slab(start: int, stop: int) -> np.ndarray:
+            slab = np.empty((stop - start,) + shape[1:], dtype=np.uint8)
+            for k in range(start, stop):
+                plan.nearest_slice(small, k, 0, slab[k - start])
+            return slab
+
+        return cls(shape, labels, body_slab)
+
+    def codes(self, start: int, stop: int) -> np.ndarray:
+        """``2 * label + inside_body`` for slices [start, stop)."""
+        codes = np.zeros((stop - start,) + self.shape[1:], dtype=self.dtype)
+        if self.labels is not None:
+            np.multiply(self.labels[start:stop], 2, out=codes, casting="unsafe")
+        if self.body_slab is not None:
+            codes += self.body_slab(start, stop)
+        return codes
+
+    def label_at(self, k: int, j: int, i: int) -> int:
+        return int(self.labels[k, j, i]) if self.labels is not None else 0
+
+    def inside_body_at(self, k: int, j: int, i: int) -> Optional[bool]:
+        return None if self.body_slab is None else bool(self.body_slab(k, k + 1)[0, j, i])
+
+
+@dataclass
+class HeatSummary:
+    """What the statistics and the montage need from one heat map, from a single pass over it."""
+
+    slice_energy: np.ndarray  # (k,) float64: the energy of each axial slice
+    region_energy: Optional[np.ndarray]  # float64 per region code (see Regions), if regions were given
+    peak_index_kji: Optional[Tuple[int, int, int]]  # the first voxel of the largest value, if above 0
+
+
+def summarise_heat(heat: np.ndarray, regions: Optional[Regions] = None) -> HeatSummary:
+    """One pass over ``heat`` (slab by slab, no full-size temporary): per-slice energy, energy
+    per region, peak. Negative values count as 0; NaN or infinite values raise ValueError.
+
+    The sums are taken exactly as :func:`~CTExplainLib.montage.slice_energy` and
+    :func:`cam_energy_by_segment` take them (same order, float64), so the numbers are theirs.
+    """
+    heat = np.asarray(heat)
+    if heat.ndim < 1:
+        raise ValueError("a heat map must have at least one axis")
+    if regions is not None:
+        if tuple(heat.shape) != regions.shape:
+            raise ValueError(f"label map shape {regions.shape} differs from the heat map's {heat.shape}")
+    depth, plane = heat.shape[0], int(np.prod(heat.shape[1:], dtype=np.int64))
+    slice_energy = np.zeros(depth, dtype=np.float64)
+    region_energy = np.zeros(2 * regions.voxels.size) if regions is not None else None
+    if regions is not None:
+        size = min(depth, SLAB_SLICES) * plane
+        if regions._scratch.get("codes", np.empty(0)).size != size:
+            regions._scratch = {"codes": np.empty(size, dtype=np.intp), "weights": np.empty(size, dtype=np.float64)}
+        codes, weights = regions._scratch["codes"], regions._scratch["weights"]
+    peak_value, peak_at = 0.0, -1
+    for start in range(0, depth, SLAB_SLICES):
+        slab = heat[start : start + SLAB_SLICES]
+        low, high = slab.min(), slab.max()
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError("heat map holds NaN or infinite values")
+        if low < 0:
+            slab = np.maximum(slab, 0)
+        for offset, section in enumerate(slab):
+            slice_energy[start + offset] = section.sum(dtype=np.float64)
+        if high > peak_value:
+            peak_value, peak_at = float(high), start * plane + int(np.argmax(slab))
+        if regions is not None and high > 0:
+            stop = min(start + SLAB_SLICES, depth)
+            _add_region_energy(region_energy, slab.ravel(), regions.codes(start, stop).ravel(), codes, weights)
+    peak = None
+    if peak_at >= 0:
+        k, j, i = (int(v) for v in np.unravel_index(peak_at, heat.shape))
+        peak = (k, j, i)
+    return HeatSummary(slice_energy, region_energy, peak)
+
+
+def _add_region_energy(total: np.ndarray, energy: np.ndarray, region: np.ndarray, codes: np.ndarray, weights: np.ndarray) -> None:
+    """``total += np.bincount(region, weights=energy)``, the same sums to the last bit, faster:
+    into reused 64-bit buffers (bincount would allocate its own each time), and without the
+    voxels of zero energy when they are many (adding 0.0 leaves a sum as it is)."""
+    nonzero = np.flatnonzero(energy)
+    if nonzero.size < energy.size // 2:
+        count = nonzero.size
+        np.copyto(codes[:count], region[nonzero], casting="unsafe")
+        np.copyto(weights[:count], energy[nonzero])
+    else:
+        count = energy.size
+        np.copyto(codes[:count], region, casting="unsafe")
+        np.copyto(weights[:count], energy)
+    total += np.bincount(codes[:count], weights=weights[:count], minlength=total.size)
 
 
 def cam_energy_by_segment(
@@ -116,35 +302,23 @@ def cam_energy_by_segment(
     labels = np.asarray(labels)
     _check_same_shape(heat, labels, "label map")
     _check_names(names, body is not None)
-    if body is not None:
-        body = np.asarray(body, dtype=bool)
-        _check_same_shape(heat, body, "body mask")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"label map holds negative labels (min {labels.min()})")
+    regions = Regions.of(labels, body)
+    return energy_shares(summarise_heat(heat, regions).region_energy, regions, names)
 
-    # One weighted bincount per slab of slices over a region index (label, and whether the
-    # voxel is inside the body): a single pass, with memory bounded by the slab.
-    length = int(labels.max()) + 1 if labels.size else 1
-    inside = np.zeros(2 * length)  # [2 * label + inside_body]
-    voxels = np.zeros(length, dtype=np.int64)
-    for start in range(0, heat.shape[0] if heat.ndim else 0, SLAB_SLICES):
-        energy = _energy_map(heat[start : start + SLAB_SLICES]).ravel()
-        slab_labels = labels[start : start + SLAB_SLICES].ravel()
-        region = slab_labels.astype(np.intp) * 2
-        if body is not None:
-            region += body[start : start + SLAB_SLICES].ravel()
-        inside += np.bincount(region, weights=energy, minlength=2 * length)
-        voxels += np.bincount(slab_labels, minlength=length)
-    per_label = inside[0::2] + inside[1::2]
-    background_outside, background_in_body = float(inside[0]), float(inside[1])
+
+def energy_shares(region_energy: np.ndarray, regions: Regions, names: Mapping[int, str]) -> Dict[str, float]:
+    """:func:`cam_energy_by_segment`'s fractions from a :class:`HeatSummary`'s region energy."""
+    _check_names(names, regions.with_body)
+    per_label = region_energy[0::2] + region_energy[1::2]
+    background_outside, background_in_body = float(region_energy[0]), float(region_energy[1])
     total = float(per_label.sum())
 
     sums: Dict[str, float] = {name: _at(per_label, value) for value, name in names.items()}
     listed = set(int(v) for v in names) | {0}
-    unlisted = [v for v in np.flatnonzero(voxels) if int(v) not in listed]
+    unlisted = [v for v in np.flatnonzero(regions.voxels) if int(v) not in listed]
     if unlisted:
         sums[UNLISTED_LABELS] = float(sum(per_label[v] for v in unlisted))
-    if body is None:
+    if not regions.with_body:
         sums[BACKGROUND] = _at(per_label, 0)
     else:
         sums[BACKGROUND] = background_in_body
@@ -175,12 +349,17 @@ def cam_energy_in_positive_slices(heat: np.ndarray, positive_slices: Sequence[bo
     ``positive_slices`` has one entry per slice k (CT-ICH gives one label per slice).
     """
     energy = _energy_map(heat)
-    positive = np.asarray(positive_slices, dtype=bool)
-    if positive.ndim != 1 or positive.shape[0] != energy.shape[0]:
-        raise ValueError(f"{positive.shape[0] if positive.ndim else 0} slice labels for a map of {energy.shape[0]} slices")
     per_slice = energy.reshape(energy.shape[0], -1).sum(axis=1, dtype=np.float64)
-    total = float(per_slice.sum())
-    return float(per_slice[positive].sum()) / total if total > 0 else 0.0
+    return energy_in_positive_slices(per_slice, positive_slices)
+
+
+def energy_in_positive_slices(slice_energy: np.ndarray, positive_slices: Sequence[bool]) -> float:
+    """:func:`cam_energy_in_positive_slices` from per-slice energies already summed."""
+    positive = np.asarray(positive_slices, dtype=bool)
+    if positive.ndim != 1 or positive.shape[0] != slice_energy.shape[0]:
+        raise ValueError(f"{positive.shape[0] if positive.ndim else 0} slice labels for a map of {slice_energy.shape[0]} slices")
+    total = float(slice_energy.sum())
+    return float(slice_energy[positive].sum()) / total if total > 0 else 0.0
 
 
 @dataclass
@@ -194,6 +373,8 @@ class AnatomyStats:
     peak_lps: Optional[Tuple[float, float, float]] = None
     peak_segment: Optional[str] = None
     key_slices: List[int] = field(default_factory=list)
+    # Per-slice energy (float64, one per k) that the stats came from; not part of the report.
+    slice_energy: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     def dominant_segment(self) -> Optional[str]:
         """The region holding the largest share of energy, or None for an empty map."""
@@ -204,6 +385,7 @@ class AnatomyStats:
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON types only (tuples become lists, numpy values Python numbers)."""
         data = asdict(self)
+        del data["slice_energy"]
         data["energy_by_segment"] = {str(k): float(v) for k, v in self.energy_by_segment.items()}
         for key in ("peak_index_kji", "key_slices"):
             data[key] = None if data[key] is None else [int(v) for v in data[key]]
@@ -222,23 +404,34 @@ def anatomy_stats(
     body: Optional[np.ndarray] = None,
     positive_slices: Optional[Sequence[bool]] = None,
     key_slice_count: int = 3,
+    regions: Optional[Regions] = None,
 ) -> AnatomyStats:
-    """Collect :class:`AnatomyStats` for one finding's heat map on the input grid."""
-    from .montage import key_slices
+    """Collect :class:`AnatomyStats` for one finding's heat map on the input grid.
 
-    energy = _energy_map(heat.array)
-    stats = AnatomyStats(finding=finding, key_slices=key_slices(energy, key_slice_count))
-    if labels is not None:
-        stats.energy_by_segment = cam_energy_by_segment(energy, labels, names or {}, body)
+    ``regions`` (from :meth:`Regions.of` or :meth:`Regions.for_ct`, built once for all
+    findings) may stand for ``labels`` and ``body``. The per-slice energies are kept in
+    ``slice_energy`` for the montage.
+    """
+    from .montage import key_slices_of_energy
+
+    if regions is None and labels is not None:
+        _check_same_shape(heat.array, labels, "label map")
+        _check_names(names or {}, body is not None)
+        regions = Regions.of(labels, body)
+    summary = summarise_heat(heat.array, regions)
+    stats = AnatomyStats(finding=finding, key_slices=key_slices_of_energy(summary.slice_energy, key_slice_count))
+    stats.slice_energy = summary.slice_energy
+    if regions is not None:
+        stats.energy_by_segment = energy_shares(summary.region_energy, regions, names or {})
     if positive_slices is not None:
-        stats.energy_in_positive_slices = cam_energy_in_positive_slices(energy, positive_slices)
-    if energy.size and energy.max() > 0:
-        k, j, i = (int(v) for v in np.unravel_index(int(np.argmax(energy)), energy.shape))
+        stats.energy_in_positive_slices = energy_in_positive_slices(summary.slice_energy, positive_slices)
+    if summary.peak_index_kji is not None:
+        k, j, i = summary.peak_index_kji
         stats.peak_index_kji = (k, j, i)
         x, y, z = heat.grid.index_to_point((i, j, k))
         stats.peak_lps = (float(x), float(y), float(z))
-        if labels is not None:
-            stats.peak_segment = _region_at(int(labels[k, j, i]), names or {}, None if body is None else bool(body[k, j, i]))
+        if regions is not None:
+            stats.peak_segment = _region_at(regions.label_at(k, j, i), names or {}, regions.inside_body_at(k, j, i))
     return stats
 
 
@@ -251,10 +444,15 @@ def _region_at(label: int, names: Mapping[int, str], inside_body: Optional[bool]
 __all__ = [
     "AnatomyStats",
     "BACKGROUND",
+    "HeatSummary",
     "OUTSIDE_BODY",
+    "Regions",
     "UNLISTED_LABELS",
     "anatomy_stats",
     "body_mask",
     "cam_energy_by_segment",
     "cam_energy_in_positive_slices",
+    "energy_in_positive_slices",
+    "energy_shares",
+    "summarise_heat",
 ]

@@ -37,9 +37,10 @@ class Classification:
     slice_probabilities: Optional[np.ndarray] = None  # (slices, classes) for 2D models
     warnings: List[str] = field(default_factory=list)
 
-    def heat_map(self, index: int, grid: Grid) -> np.ndarray:
-        """Class ``index``'s map resampled (linearly, in physical space) onto ``grid``."""
-        return resample_array(self.maps[index], self.feature_grid, grid, "linear", 0.0)
+    def heat_map(self, index: int, grid: Grid, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Class ``index``'s map resampled (linearly, in physical space) onto ``grid``, as float32;
+        into ``out`` (float32, the grid's shape) if given, e.g. to reuse one buffer for every class."""
+        return resample_array(self.maps[index], self.feature_grid, grid, "linear", 0.0, out=out)
 
 
 def probabilities_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:

@@ -248,6 +248,7 @@ def finding_montage(
     window: Tuple[float, float] = (40.0, 400.0),
     label_colors: Optional[Dict[int, Color]] = None,
     radiological: bool = False,
+    energy: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """An (H, W, 3) uint8 picture of one finding on its ``slices`` key axial slices.
 
@@ -260,10 +261,16 @@ def finding_montage(
     view only for LPS-aligned grids; a NIfTI with RAS-like axes then appears upside down and
     mirrored. ``radiological=True`` flips the panels of such axis-aligned grids so that
     anterior is up and the patient's right is on the image left; slice indices stay k.
+
+    ``energy``, the map's :func:`slice_energy` if already computed (e.g. by the anatomy
+    statistics), saves a pass over the map.
     """
     heat = np.asarray(heat)
     _check_inputs(ct, heat, labels, slices)
-    energy = slice_energy(heat)  # one pass over the map serves the choice and the shares
+    if energy is None:
+        energy = slice_energy(heat)  # one pass over the map serves the choice and the shares
+    elif np.shape(energy) != (heat.shape[0],):
+        raise ValueError(f"{np.shape(energy)} slice energies for a map of {heat.shape[0]} slices")
     chosen = key_slices_of_energy(energy, slices)
     total = float(energy.sum())
     rows = [(k, slice_panels(ct, heat, labels, k, window, MAX_PANEL_PX, label_colors, radiological)) for k in chosen]

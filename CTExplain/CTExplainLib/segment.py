@@ -2,8 +2,8 @@
 
 The network runs with MONAI's sliding-window inference on a model grid that covers the
 whole CT; the per-segment probabilities are resampled in physical space onto the input grid
-one at a time, keeping a running arg-max, so memory stays at two input-sized arrays
-whatever the number of segments.
+and arg-maxed slice by slice (or slab by slab where SimpleITK resamples), so the only
+input-sized array is the label map, whatever the number of segments.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from monai.inferers import sliding_window_inference
 from .devices import autocast, with_cpu_fallback
 from .model_package import LoadedModel
 from .preprocess import ModelInput, preprocess
-from .resample import image_on_grid, resample_image_to_array, slabs
-from .volume import Grid, Volume
+from .resample import SeparablePlan, image_on_grid, resample_image_to_array, slabs
+from .volume import Grid, Volume, image_backed_array
 from .writing import SegmentInfo
 
 SW_OVERLAP = 0.25
@@ -55,10 +55,33 @@ def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.de
 def labels_on_grid(probabilities: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
     """Arg-max over segments of the probabilities resampled (linearly) onto ``target``.
 
-    Slab by slab, so memory holds the label map plus one slab per segment.
+    Each segment's probabilities are resampled to float32 as SimpleITK's ``Resample`` gives
+    them (outside the model grid: 1 for the background, 0 for the others), and the first
+    segment with the largest value wins. The label map's memory is a SimpleITK image's, so
+    writing it needs no copy (see :func:`~CTExplainLib.volume.image_backed_array`).
     """
+    dtype = np.uint8 if len(probabilities) < 256 else np.uint16
+    labels = image_backed_array(target, dtype)
+    plan = SeparablePlan.of(source, target)
+    if plan is None:
+        _labels_by_slabs(probabilities, source, target, labels)
+        return labels
+    # Axis-parallel grids: one target slice at a time, every segment's resampling in step.
+    best = np.empty(target.shape[1:], dtype=np.float32)
+    better = np.empty(target.shape[1:], dtype=bool)
+    channels = [plan.slices(p, "linear", 1.0 if index == 0 else 0.0, np.float32, best if index == 0 else None) for index, p in enumerate(probabilities)]
+    for k, _ in channels[0]:
+        for index in range(1, len(channels)):
+            _, candidate = next(channels[index])
+            np.greater(candidate, best, out=better)
+            np.copyto(labels[k], index, where=better)
+            np.maximum(best, candidate, out=best)
+    return labels
+
+
+def _labels_by_slabs(probabilities: np.ndarray, source: Grid, target: Grid, labels: np.ndarray) -> None:
+    """:func:`labels_on_grid` by SimpleITK, slab by slab (memory: one slab per segment)."""
     channels = [image_on_grid(p, source) for p in probabilities]
-    labels = np.zeros(target.shape, dtype=np.uint8 if len(channels) < 256 else np.uint16)
     for start, stop in slabs(target):
         slab = target.slab(start, stop)
         best = resample_image_to_array(channels[0], slab, "linear", 1.0)  # outside the CT: background
@@ -67,7 +90,6 @@ def labels_on_grid(probabilities: np.ndarray, source: Grid, target: Grid) -> np.
             better = candidate > best
             labels[start:stop][better] = index
             np.maximum(best, candidate, out=best)
-    return labels
 
 
 def _no_stage(name: str) -> ContextManager[None]:
@@ -75,14 +97,16 @@ def _no_stage(name: str) -> ContextManager[None]:
 
 
 def segment(model: LoadedModel, volume: Volume, device: torch.device, stage: Callable[[str], ContextManager[None]] = _no_stage) -> Segmentation:
-    """Label map of ``volume`` on its own grid; ``stage`` times "segment" (preprocessing and the
-    network) apart from "map labels" (probabilities to the input grid, arg-max)."""
+    """Label map of ``volume`` on its own grid; ``stage`` times "preprocess" (the CT onto the
+    model grid), "segment" (the network's sliding-window inference) and "map labels"
+    (probabilities to the input grid, arg-max) apart."""
     metadata = model.metadata
     if metadata.task != "segmentation":
         raise ValueError(f"{model.path}: is a {metadata.task} classifier, not a segmentation model")
-    with stage("segment"):
+    with stage("preprocess"):
         model_input = preprocess(volume, metadata.input, crop=False)
-        warnings: List[str] = list(model_input.warnings)
+    warnings: List[str] = list(model_input.warnings)
+    with stage("segment"):
         probabilities = with_cpu_fallback(lambda d: _probabilities(model, model_input, d), device, warnings)
     with stage("map labels"):
         labels = labels_on_grid(probabilities, model_input.grid, volume.grid)

@@ -12,8 +12,9 @@ Slicer works in RAS; the conversion is the one of Slicer's own readers
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -167,3 +168,50 @@ class Volume:
     def with_array(self, array: np.ndarray, **metadata: Any) -> "Volume":
         """A volume on the same grid holding another array (e.g. a heat map)."""
         return replace(self, array=array, metadata={**metadata}, phi={})
+
+
+_PIXEL_TYPES = {
+    np.dtype(np.uint8): sitk.sitkUInt8,
+    np.dtype(np.uint16): sitk.sitkUInt16,
+    np.dtype(np.int16): sitk.sitkInt16,
+    np.dtype(np.float32): sitk.sitkFloat32,
+}
+
+
+def image_backed_array(grid: Grid, dtype: Any) -> np.ndarray:
+    """A new, zero-filled, writable array [k, j, i] on ``grid`` whose memory is the pixel buffer
+    of a SimpleITK image placed on ``grid``; :func:`backing_image` returns that image.
+
+    SimpleITK always copies an array into a new image, so a full-size map written to a file
+    would briefly exist twice (hundreds of MB on a 512x512x300 CT); an array made here is
+    written without that copy. The image lives as long as the array (or any view of it).
+    """
+    kind = _PIXEL_TYPES.get(np.dtype(dtype))
+    if kind is None:
+        raise ValueError(f"no image-backed arrays of {np.dtype(dtype)}")
+    image = sitk.Image([int(s) for s in grid.size], kind)
+    grid.apply_to(image)
+    view = sitk.GetArrayViewFromImage(image)  # read-only, but it tells where the pixels are
+    memory = (ctypes.c_char * view.nbytes).from_address(view.ctypes.data)
+    del view
+    memory.ctexplain_image = image  # type: ignore[attr-defined]  # keeps the image alive
+    return np.frombuffer(memory, dtype=dtype).reshape(grid.shape)
+
+
+def backing_image(array: np.ndarray) -> Optional[sitk.Image]:
+    """The SimpleITK image whose whole pixel buffer ``array`` is (see :func:`image_backed_array`),
+    or None for any other array (including a part of such an array)."""
+    owner: Any = array
+    while owner is not None and not hasattr(owner, "ctexplain_image"):
+        owner = getattr(owner, "base", None)
+    if owner is None:
+        return None
+    image: sitk.Image = owner.ctexplain_image
+    whole = (
+        array.flags.c_contiguous
+        and array.ctypes.data == ctypes.addressof(owner)
+        and array.nbytes == ctypes.sizeof(owner)
+        and tuple(array.shape) == tuple(reversed(image.GetSize()))
+        and _PIXEL_TYPES.get(array.dtype) == image.GetPixelID()
+    )
+    return image if whole else None

@@ -27,7 +27,7 @@ from typing import Any, Iterator, List, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .volume import Volume
+from .volume import Grid, Volume, backing_image
 
 # Fast gzip: on a 512x512x133 CT, level 9 (pynrrd's default) took 22 s for a .seg.nrrd
 # that level 1 writes in a fraction of that, for a few per cent more bytes.
@@ -192,6 +192,11 @@ def _check_image_extension(path: Path) -> None:
 
 def _geometry_only_image(array: np.ndarray, volume: Volume) -> sitk.Image:
     # A fresh image carries no metadata dictionary, hence no patient data in the header.
+    # An array that is the pixel buffer of such an image (volume.image_backed_array) is
+    # written from that image as it is, without a copy.
+    image = backing_image(array)
+    if image is not None and not image.GetMetaDataKeys() and Grid.of_image(image).same_as(volume.grid, tolerance=0.0):
+        return image
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
     volume.grid.apply_to(image)
     return image
@@ -237,7 +242,24 @@ def label_array(array: np.ndarray, what: str = "label map") -> np.ndarray:
         raise ValueError(f"{what} holds negative labels (min {low})")
     if high > np.iinfo(np.uint16).max:
         raise ValueError(f"{what} holds labels above 65535 (max {high})")
-    return values.astype(np.uint8 if high < 256 else np.uint16)
+    return values.astype(np.uint8 if high < 256 else np.uint16, copy=False)
+
+
+def label_counts(labels: np.ndarray, slab: int = 16) -> np.ndarray:
+    """Voxels of each value 0..max of a non-negative integer label map, counted slab by slab
+    through one reused 64-bit buffer (``np.bincount`` of the whole map would first copy it to
+    64-bit integers: 8 bytes a voxel)."""
+    labels = np.asarray(labels)
+    counts = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int64)
+    if labels.ndim == 0:
+        counts[int(labels)] += 1
+        return counts
+    buffer = np.empty(min(slab, labels.shape[0]) * int(np.prod(labels.shape[1:], dtype=np.int64)), dtype=np.intp)
+    for start in range(0, labels.shape[0], slab):
+        piece = labels[start : start + slab]
+        np.copyto(buffer[: piece.size], piece.ravel(), casting="unsafe")
+        counts += np.bincount(buffer[: piece.size], minlength=counts.size)
+    return counts
 
 
 def _first_fraction(values: np.ndarray) -> float:
@@ -300,7 +322,8 @@ def _segmentation_dict(labels: np.ndarray, volume: Volume, segments: Sequence[Se
         for segment in segments
     ]
     return {
-        "voxels": np.ascontiguousarray(labels.transpose(2, 1, 0)),
+        # A view, not a copy: pynrrd writes it in Fortran order, i.e. the bytes of ``labels``.
+        "voxels": labels.transpose(2, 1, 0),
         "ijkToLPS": volume.grid.ijk_to_lps(),
         "containedRepresentationNames": ["Binary labelmap"],
         "masterRepresentation": "Binary labelmap",
@@ -337,7 +360,7 @@ def _check_segments(values: np.ndarray, segments: Sequence[SegmentInfo]) -> None
     names = [s.name for s in segments]
     if len(set(names)) != len(names):
         raise ValueError(f"two segments share a name: {sorted(names)}")
-    present = set(int(v) for v in np.unique(values)) - {0}
+    present = set(int(v) for v in np.flatnonzero(label_counts(values))) - {0}
     unnamed = sorted(present - set(label_values))
     if unnamed:
         raise ValueError(f"label values {unnamed} occur in the label map but have no SegmentInfo")
