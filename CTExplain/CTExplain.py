@@ -62,9 +62,13 @@ class CTExplain(ScriptedLoadableModule):
         )
         self.parent.acknowledgementText = (
             "The shipped demo models are UNTRAINED (random weights): their probabilities, maps and "
-            "masks show the mechanics only and mean nothing. The sample CT is TotalSegmentator's "
-            "example_ct (Wasserthal J. et al., Radiology: AI 2023, doi:10.1148/ryai.230024), "
-            "Apache-2.0. The trained models planned as defaults are to be trained on: PhysioNet "
+            "masks show the mechanics only and mean nothing; they stand in for the trained models "
+            "until those are installed. The sample CTs are TotalSegmentator's example_ct (Wasserthal "
+            "J. et al., Radiology: AI 2023, doi:10.1148/ryai.230024), Apache-2.0, and patient 050 of "
+            "CT-ICH (Hssayeni, M. D., et al. (2020). Computed Tomography Images for Intracranial "
+            "Hemorrhage Detection and Segmentation (version 1.3.1). PhysioNet. doi:10.13026/w8q8-ky94), "
+            "CC BY 4.0, rebuilt to HU from its JPEGs with an assumed 0.35 x 0.35 x 5 mm spacing. "
+            "The trained models planned as defaults are to be trained on: PhysioNet "
             "CT-ICH (Hssayeni M. et al. 2020, doi:10.13026/w8q8-ky94), CC BY 4.0; TotalSegmentator "
             "fixtures (Wasserthal et al. 2023), Apache-2.0; MedSeg COVID-19 CT segmentations as "
             "prepared by Inf-Net (Fan D.-P. et al. 2020); and the Kaggle 'Chest CT-Scan images' "
@@ -433,8 +437,8 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
     From Slicer's Python console::
 
         >>> from CTExplain import CTExplainLogic
-        >>> from CTExplainLib.models_catalog import SAMPLE_CASES
-        >>> volumeNode = slicer.util.loadVolume(str(SAMPLE_CASES[0]))
+        >>> from CTExplainLib.models_catalog import CHEST_SAMPLE
+        >>> volumeNode = slicer.util.loadVolume(str(CHEST_SAMPLE.path))
         >>> results = CTExplainLogic().process(volumeNode)
     """
 
@@ -683,8 +687,8 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
     def modelChoices(self) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
         """(label, package path) for classifiers and for segmenters (with "none"); "" means the default.
 
-        Before the dependencies are installed the catalog cannot be read (it needs torch): then
-        only the defaults are offered.
+        The catalog reads package metadata only, so the choices are there before torch is
+        installed; "Default" stands in if it cannot be imported at all.
         """
         try:
             from CTExplainLib.models_catalog import find_packages
@@ -759,13 +763,13 @@ class CTExplainTest(ScriptedLoadableModuleTest):
     def test_sample_case(self) -> None:
         from CTExplainLib.model_package import load_package
         from CTExplainLib.models_catalog import (
+            CHEST_SAMPLE,
             DEFAULT_SEGMENTER,
-            SAMPLE_CASES,
             resolve_package,
         )
 
         self.delayDisplay("Loading the sample CT")
-        inputNode = slicer.util.loadVolume(str(SAMPLE_CASES[0]))
+        inputNode = slicer.util.loadVolume(str(CHEST_SAMPLE.path))
         results = CTExplainLogic().process(inputNode)
         expected = ijkToRASArray(inputNode)
         for node in list(results["heatMaps"].values()) + [results["labelMap"]]:
@@ -780,9 +784,9 @@ class CTExplainTest(ScriptedLoadableModuleTest):
 
     def test_background_run(self) -> None:
         """process(wait=False) gives the outputs of wait=True; Cancel leaves the scene as it was."""
-        from CTExplainLib.models_catalog import SAMPLE_CASES
+        from CTExplainLib.models_catalog import CHEST_SAMPLE
 
-        inputNode = slicer.util.loadVolume(str(SAMPLE_CASES[0]))
+        inputNode = slicer.util.loadVolume(str(CHEST_SAMPLE.path))
         logic = CTExplainLogic()
         before = logic._nodeIDs()
         run = logic.process(inputNode, segmenter="none", wait=False)

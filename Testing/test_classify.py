@@ -49,8 +49,8 @@ def test_multiclass_uses_softmax(real_ct: Volume, tmp_path: Path) -> None:
 
 
 def test_segmenter_is_not_a_classifier(real_ct: Volume) -> None:
-    from CTExplainLib.models_catalog import DEFAULT_SEGMENTER, resolve_package
+    from CTExplainLib.models_catalog import DEMO_SEGMENTER, resolve_package
 
-    model = load_package(resolve_package(DEFAULT_SEGMENTER))
+    model = load_package(resolve_package(DEMO_SEGMENTER))
     with pytest.raises(ValueError, match="segmentation model"):
         classify_and_explain(model, preprocess(real_ct, model.metadata.input), "gradcam", torch.device("cpu"))

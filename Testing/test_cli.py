@@ -16,9 +16,11 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import save_file
 
+from CTExplainLib import cli
 from CTExplainLib.cli import main
-from CTExplainLib.demo_models import demo_classifier, demo_segmenter
-from CTExplainLib.model_package import METADATA_FILE, WEIGHTS_FILE
+from CTExplainLib.demo_models import LUNG, demo_classifier, demo_segmenter, untrained_package
+from CTExplainLib.model_package import METADATA_FILE, WEIGHTS_FILE, InputSpec
+from CTExplainLib.models_catalog import SAMPLES, SampleCase, locate_package
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,56 @@ def test_models_lists_shipped_packages(capsys) -> None:
     status, stdout, _ = run(["models"], capsys)
     assert status == 0
     assert "demo-chest-classifier-untrained" in stdout and "UNTRAINED" in stdout
+    # Each sample is marked on the line of the package it runs with (the trained one, or its stand-in).
+    for sample in SAMPLES:
+        classifier, _ = locate_package(sample.classifier)
+        line = next(line for line in stdout.splitlines() if line.rstrip().endswith("]") and str(classifier) in line)
+        assert sample.name in line.split("[sample:")[1], line
+        assert any(line.strip().startswith(sample.name) and sample.classifier in line for line in stdout.splitlines()), stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Small untrained packages with distinct names, so that results show which one ran (fast on CPU)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    spec = InputSpec(3, [LUNG], spacing=(8.0, 8.0, 8.0), size=(32, 32, 16), orientation="LPS")
+    small = {"channels": [4, 8]}
+    packages = {name: untrained_package(folder / name, name, "multilabel", "CompactCNN", ["finding"], spec, small) for name in ("default-cls", "cls-a", "cls-b")}
+    packages["seg"] = untrained_package(folder / "seg", "seg", "segmentation", "UNet", ["background", "body"], spec, {"channels": [4, 8], "num_res_units": 0})
+    return packages
+
+
+def test_samples_run_with_their_own_models(data_dir: Path, tiny_packages: dict, tmp_path: Path, monkeypatch, capsys) -> None:
+    """INPUT paths run with the defaults, each sample with its own pair; each package is loaded once."""
+    ct = data_dir / "totalsegmentator" / "example_ct_sm.nii.gz"
+    samples = (SampleCase("sample_a", ct, str(tiny_packages["cls-a"]), str(tiny_packages["seg"]), "test"),
+               SampleCase("sample_b", ct, str(tiny_packages["cls-b"]), None, "test"))
+    monkeypatch.setattr(cli, "SAMPLES", samples)
+    monkeypatch.setattr(cli, "DEFAULT_CLASSIFIER", str(tiny_packages["default-cls"]))
+    monkeypatch.setattr(cli, "DEFAULT_SEGMENTER", str(tiny_packages["seg"]))
+    loads: List[Path] = []
+    real_load = cli.load_package
+    monkeypatch.setattr(cli, "load_package", lambda path: loads.append(Path(path)) or real_load(path))
+    out = tmp_path / "out"
+    status, stdout, stderr = run(["explain", str(ct), "--sample", "--out", str(out), "--device", "cpu", "--no-progress"], capsys)
+    assert status == 0, stderr
+    assert sorted(loads) == sorted(tiny_packages.values()), "each package once"
+    expected = {"example_ct_sm": ("default-cls", "seg"), "sample_a": ("cls-a", "seg"), "sample_b": ("cls-b", None)}
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+    for case, (classifier, segmenter) in expected.items():
+        record = json.loads((out / case / "result.json").read_text())
+        assert record["classifier"]["name"] == classifier, case
+        assert (record["segmenter"] or {}).get("name") == segmenter, case
+        assert (out / case / "segmentation.seg.nrrd").is_file() == (segmenter is not None), case
+    assert all(name in stdout for name in expected)
+
+    # --model and --segmenter, when given, apply to the samples too.
+    override = tmp_path / "override"
+    status, _, stderr = run(["explain", "--sample", "--out", str(override), "--model", str(tiny_packages["cls-b"]), "--segmenter", "none", "--device", "cpu", "--no-progress"], capsys)
+    assert status == 0, stderr
+    for case in ("sample_a", "sample_b"):
+        record = json.loads((override / case / "result.json").read_text())
+        assert record["classifier"]["name"] == "cls-b" and record["segmenter"] is None, case
 
 
 @pytest.mark.slow
@@ -151,3 +203,7 @@ def test_console_script_runs_the_sample(tmp_path: Path) -> None:
     assert any("UNTRAINED" in w for w in result["warnings"])
     assert (tmp_path / "chest_ct" / "segmentation.seg.nrrd").is_file()
     assert len(list((tmp_path / "chest_ct").glob("heatmap_*.nrrd"))) == 3
+    for sample in SAMPLES:  # each with its own models (or their stand-ins)
+        record = json.loads((tmp_path / sample.name / "result.json").read_text())
+        assert record["classifier"]["path"] == str(locate_package(sample.classifier)[0]), sample.name
+        assert (record["segmenter"] is None) == (sample.segmenter is None), sample.name

@@ -32,6 +32,20 @@ def test_every_core_module_is_listed() -> None:
     assert present <= listed, f"core files not installed by CMake: {sorted(present - listed)}"
 
 
+def test_every_shipped_sample_and_model_file_is_listed() -> None:
+    """A model package or sample dropped into Resources but not listed would not be installed."""
+    module = REPO / "CTExplain"
+    listed = set(listed_files(module / "CMakeLists.txt"))
+    resources = module / "Resources"
+    shipped = [p for p in (resources / "Samples").rglob("*") if p.is_file()]
+    packages = [folder for folder in (resources / "Models").iterdir() if folder.is_dir()]
+    assert packages, "no model package under Resources/Models"
+    for folder in packages:
+        shipped += [p for p in folder.rglob("*") if p.is_file()]
+    present = {str(p.relative_to(module)) for p in shipped if not p.name.startswith(".")}
+    assert present <= listed, f"shipped files not installed by CMake: {sorted(present - listed)}"
+
+
 def test_top_level_cmake_is_a_slicer_extension() -> None:
     text = (REPO / "CMakeLists.txt").read_text()
     for needed in ("find_package(Slicer REQUIRED)", 'set(EXTENSION_DEPENDS "PyTorch")', "add_subdirectory(CTExplain)", "Slicer_EXTENSION_CPACK"):

@@ -30,8 +30,8 @@ import vtk
 from CTExplainLib import pipeline
 from CTExplainLib.model_package import load_package
 from CTExplainLib.models_catalog import (
-    DEFAULT_CLASSIFIER,
-    DEFAULT_SEGMENTER,
+    DEMO_CLASSIFIER,
+    DEMO_SEGMENTER,
     resolve_package,
 )
 from CTExplainLib.volume import Grid, Volume
@@ -53,9 +53,14 @@ def env():
     slicer_standin.uninstall()
 
 
+# The tests check mechanics (alignment, scene bookkeeping), so they name the small 3D demo
+# models rather than whatever the shipped defaults are.
+DEMO = {"classifier": str(resolve_package(DEMO_CLASSIFIER)), "segmenter": str(resolve_package(DEMO_SEGMENTER))}
+
+
 @pytest.fixture(scope="module")
 def models():
-    return load_package(resolve_package(DEFAULT_CLASSIFIER)), load_package(resolve_package(DEFAULT_SEGMENTER))
+    return load_package(resolve_package(DEMO_CLASSIFIER)), load_package(resolve_package(DEMO_SEGMENTER))
 
 
 def matrix_of(node) -> np.ndarray:
@@ -95,7 +100,7 @@ def reference(models) -> Dict[str, Any]:
 def marked(env):
     slicer, module = env
     node = load_marked(slicer)
-    return node, module.CTExplainLogic().process(node)
+    return node, module.CTExplainLogic().process(node, **DEMO)
 
 
 def check_outputs(slicer, inputNode, results, reference) -> None:
@@ -168,7 +173,7 @@ def test_planted_wrong_conversion_is_caught(env, reference, monkeypatch, wrong):
     slicer, module = env
     node = load_marked(slicer)
     monkeypatch.setattr(module, "volume_from_node", wrong)
-    results = module.CTExplainLogic().process(node, segmenter="none")
+    results = module.CTExplainLogic().process(node, classifier=DEMO["classifier"], segmenter="none")
     with pytest.raises(AssertionError) as caught:
         check_outputs(slicer, node, results, reference)
     # It is the comparison of voxel values that fails, not the set-up checks on the input.
@@ -179,7 +184,7 @@ def test_planted_wrong_conversion_is_caught(env, reference, monkeypatch, wrong):
 def clean(env):
     slicer, module = env
     node = slicer.util.loadVolume(str(SAMPLE))
-    return node, module.CTExplainLogic().process(node)
+    return node, module.CTExplainLogic().process(node, **DEMO)
 
 
 # 3
@@ -225,7 +230,7 @@ def test_rerun_replaces_outputs_and_leaves_input_alone(env, clean):
     node, first = clean
     count, array, matrix = slicer.mrmlScene.GetNumberOfNodes(), slicer.util.arrayFromVolume(node).copy(), matrix_of(node)
     mtime = node.GetMTime()
-    second = module.CTExplainLogic().process(node)
+    second = module.CTExplainLogic().process(node, **DEMO)
     assert slicer.mrmlScene.GetNumberOfNodes() == count
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array)
     np.testing.assert_array_equal(matrix_of(node), matrix)
@@ -238,7 +243,7 @@ def test_rerun_replaces_outputs_and_leaves_input_alone(env, clean):
 
 def _mismatched_package(tmp_path: Path) -> Path:
     package = tmp_path / "wrong-weights"
-    shutil.copytree(resolve_package(DEFAULT_CLASSIFIER), package)
+    shutil.copytree(resolve_package(DEMO_CLASSIFIER), package)
     metadata = json.loads((package / "ctexplain-model.json").read_text())
     metadata["network_kwargs"]["in_channels"] = 1
     metadata["input"]["channels"] = metadata["input"]["channels"][:1]
@@ -263,7 +268,7 @@ def test_failure_leaves_scene_as_before(env, marked, tmp_path, monkeypatch):
     # A failure after output nodes were added (heat maps, label map, segmentation node).
     monkeypatch.setattr(slicer.modules.segmentations, "logic", lambda: _FailingSegmentationsLogic())
     with pytest.raises(RuntimeError, match="could not import the label map"):
-        logic.process(node)
+        logic.process(node, **DEMO)
     assert node_ids(slicer) == before
 
 
@@ -279,10 +284,10 @@ def test_background_run_gives_the_in_process_outputs(env):
     slicer, module = env
     node = slicer.util.loadVolume(str(SAMPLE))
     logic = module.CTExplainLogic()
-    inProcess = logic.process(node)
+    inProcess = logic.process(node, **DEMO)
     count = slicer.mrmlScene.GetNumberOfNodes()
     events = []
-    run = logic.process(node, wait=False, progress=lambda stage, fraction: events.append((stage, fraction)))
+    run = logic.process(node, **DEMO, wait=False, progress=lambda stage, fraction: events.append((stage, fraction)))
     assert isinstance(run, module.CTExplainRun) and run.running
     assert run.wait(timeout=300), run.error
     assert not run.running and run.error is None and not run.tempFolder.exists()
@@ -355,7 +360,7 @@ def test_cancel_kills_the_process_tree_and_leaves_the_scene(env):
     temp_root = Path(slicer.app.temporaryPath) / "CTExplain"
     folders_before = set(temp_root.iterdir()) if temp_root.is_dir() else set()
     events = []
-    run = module.CTExplainLogic().process(node, wait=False, progress=lambda *event: events.append(event))
+    run = module.CTExplainLogic().process(node, **DEMO, wait=False, progress=lambda *event: events.append(event))
     assert run.tempFolder.is_dir()
     deadline = time.monotonic() + 120
     while not events and time.monotonic() < deadline:
@@ -381,7 +386,7 @@ def test_cancel_kills_the_process_tree_and_leaves_the_scene(env):
 
 def _unregistered_network_package(tmp_path: Path) -> Path:
     package = tmp_path / "unknown-network"
-    shutil.copytree(resolve_package(DEFAULT_CLASSIFIER), package)
+    shutil.copytree(resolve_package(DEMO_CLASSIFIER), package)
     metadata = json.loads((package / "ctexplain-model.json").read_text())
     metadata["network"] = "NotARegistryNet"
     (package / "ctexplain-model.json").write_text(json.dumps(metadata))
@@ -400,7 +405,7 @@ def test_background_failure_sets_the_error_and_leaves_the_scene(env, marked, tmp
     assert node_ids(slicer) == before and not run.tempFolder.exists()
     # A failure while its files become nodes (after some were added).
     monkeypatch.setattr(slicer.modules.segmentations, "logic", lambda: _FailingSegmentationsLogic())
-    run = logic.process(node, wait=False)
+    run = logic.process(node, **DEMO, wait=False)
     assert run.wait(timeout=300) is False
     assert "could not import the label map" in run.error
     assert node_ids(slicer) == before and not run.tempFolder.exists()
@@ -509,7 +514,9 @@ logic = module.CTExplainLogic()
 missing = [r.name for r in logic.missingDependencies()]
 print(missing)
 assert "torch" in missing and "monai" in missing and "numpy" not in missing, missing
-assert logic.modelChoices() == ([("Default", "")], [("Default", ""), ("None", "none")])
+classifiers, segmenters = logic.modelChoices()   # the catalog reads metadata only: no torch needed
+assert "demo-chest-classifier-untrained (untrained demo)" in [label for label, path in classifiers], classifiers
+assert segmenters[-1] == ("None", "none") and len(segmenters) > 1, segmenters
 assert slicer.app.pipRequests == []
 assert not BLOCKED & set(m.split(".")[0] for m in sys.modules), BLOCKED & set(sys.modules)
 slicer_standin.uninstall()

@@ -5,7 +5,8 @@
     ctexplain models
 
 Every case gets its own output folder; a failing case is reported and the others still run;
-the exit status is 2 if any case failed.
+the exit status is 2 if any case failed. Each sample case runs with its own models unless
+--model/--segmenter are given; INPUT paths run with those or with the defaults.
 """
 from __future__ import annotations
 
@@ -15,17 +16,39 @@ import logging
 import os
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .discovery import discover_cases, unique_case_folders
+from .discovery import case_name, discover_cases
 from .errors import CTExplainError
 from .model_package import LoadedModel, load_package
-from .models_catalog import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER, SAMPLE_CASES, find_packages, resolve_package
+from .models_catalog import (
+    DEFAULT_CLASSIFIER,
+    DEFAULT_SEGMENTER,
+    SAMPLES,
+    SampleCase,
+    find_packages,
+    locate_package,
+    resolve_models,
+)
 from .pipeline import METHODS, CaseResult, ExplainOptions, explain_case
 from .slice_labels import read_slice_labels
 
 LOG = logging.getLogger("ctexplain")
 EXIT_CASE_FAILED = 2
+
+# The folders of a classifier and a segmenter (None: no segmenter), and the loaded pair.
+ModelKey = Tuple[Path, Optional[Path]]
+Models = Tuple[LoadedModel, Optional[LoadedModel]]
+
+
+@dataclass
+class Job:
+    """One case to run, where its outputs go, and with which models."""
+
+    case: Path
+    folder: Path
+    models: ModelKey
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,9 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="classify, explain and segment CT cases")
     explain.add_argument("inputs", nargs="*", type=Path, help="CT files or folders (DICOM, NIfTI, NRRD, MHA, image stacks)")
     explain.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per case)")
-    explain.add_argument("--sample", action="store_true", help="run on the sample case(s) shipped with CTExplain")
-    explain.add_argument("--model", default=None, help=f"classifier package (folder or name; default {DEFAULT_CLASSIFIER})")
-    explain.add_argument("--segmenter", default=None, help=f"segmenter package, or 'none' (default {DEFAULT_SEGMENTER})")
+    explain.add_argument("--sample", action="store_true", help="also run the sample cases shipped with CTExplain, each with its own models")
+    explain.add_argument("--model", default=None,
+                         help=f"classifier package (folder or name) for every case (default {DEFAULT_CLASSIFIER}; sample cases: their own)")
+    explain.add_argument("--segmenter", default=None,
+                         help=f"segmenter package, or 'none', for every case (default {DEFAULT_SEGMENTER}; sample cases: their own)")
     explain.add_argument("--method", choices=METHODS, default="gradcam")
     explain.add_argument("--classes", nargs="+", default=None, help="findings to write heat maps for")
     explain.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
@@ -56,17 +81,57 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_models(args: argparse.Namespace) -> Tuple[LoadedModel, Optional[LoadedModel]]:
-    classifier = load_package(resolve_package(args.model or DEFAULT_CLASSIFIER))
-    segmenter_name = args.segmenter if args.segmenter is not None else DEFAULT_SEGMENTER
-    segmenter = None if segmenter_name.lower() == "none" else load_package(resolve_package(segmenter_name))
-    for model, role in ((classifier, "classifier"), (segmenter, "segmenter")):
-        if model is None:
-            continue
-        wants_segmentation = role == "segmenter"
-        if (model.metadata.task == "segmentation") != wants_segmentation:
-            raise CTExplainError(f"{model.path}: a {model.metadata.task} model cannot be used as the {role}")
+def _model_names(args: argparse.Namespace, sample: Optional[SampleCase]) -> Tuple[str, Optional[str]]:
+    """The classifier and segmenter (None: none) a case runs with: --model/--segmenter when given,
+    else the sample's own, else the defaults."""
+    classifier = args.model or (sample.classifier if sample is not None else DEFAULT_CLASSIFIER)
+    if args.segmenter is not None:
+        segmenter: Optional[str] = None if args.segmenter.lower() == "none" else args.segmenter
+    else:
+        segmenter = sample.segmenter if sample is not None else DEFAULT_SEGMENTER
     return classifier, segmenter
+
+
+def _load_models(keys: Sequence[ModelKey], classes: Optional[Sequence[str]]) -> Dict[ModelKey, Models]:
+    """Each package once, however many pairs use it; checked before any case runs."""
+    loaded: Dict[Path, LoadedModel] = {}
+    for path in dict.fromkeys(p for key in keys for p in key if p is not None):
+        loaded[path] = load_package(path)
+    for key in keys:
+        for path, role in zip(key, ("classifier", "segmenter")):
+            if path is None:
+                continue
+            model = loaded[path]
+            if (model.metadata.task == "segmentation") != (role == "segmenter"):
+                raise CTExplainError(f"{model.path}: a {model.metadata.task} model cannot be used as the {role}")
+        classifier = loaded[key[0]]
+        unknown = [name for name in classes or [] if name not in classifier.metadata.class_names]
+        if unknown:
+            raise CTExplainError(f"{classifier.path}: no finding named {', '.join(unknown)}; it has: {', '.join(classifier.metadata.class_names)}")
+    return {key: (loaded[key[0]], loaded[key[1]] if key[1] is not None else None) for key in keys}
+
+
+def _jobs(args: argparse.Namespace) -> Tuple[List[Job], List[Tuple[Path, str]]]:
+    """The cases to run (INPUT paths first, then the samples) and the inputs that are not there.
+
+    Folders are named per job rather than per path: the same file may run twice, once as an
+    input with the default models and once as a sample with its own.
+    """
+    requests: List[Tuple[List[Path], Optional[SampleCase]]] = [(list(args.inputs), None)] if args.inputs else []
+    if args.sample:
+        requests += [([sample.path], sample) for sample in SAMPLES]
+    jobs: List[Job] = []
+    problems: List[Tuple[Path, str]] = []
+    used: Dict[str, int] = {}
+    for inputs, sample in requests:
+        key = resolve_models(*_model_names(args, sample))
+        cases, missing = discover_cases(inputs)
+        problems += missing
+        for case in cases:
+            name = sample.name if sample is not None else case_name(case)
+            used[name] = used.get(name, 0) + 1
+            jobs.append(Job(case, args.out / (name if used[name] == 1 else f"{name}_{used[name]}"), key))
+    return jobs, problems
 
 
 def _summary(results: Sequence[CaseResult]) -> str:
@@ -124,17 +189,12 @@ class JsonlProgress:
 def run_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    inputs: List[Path] = list(args.inputs)
-    if args.sample:
-        inputs += SAMPLE_CASES
-    if not inputs:
+    if not args.inputs and not args.sample:
         print("ctexplain explain: give INPUT paths or --sample", file=sys.stderr)
         return EXIT_CASE_FAILED
     try:
-        classifier, segmenter = _load_models(args)
-        unknown = [name for name in args.classes or [] if name not in classifier.metadata.class_names]
-        if unknown:
-            raise CTExplainError(f"{classifier.path}: no finding named {', '.join(unknown)}; it has: {', '.join(classifier.metadata.class_names)}")
+        jobs, problems = _jobs(args)
+        models = _load_models([job.models for job in jobs], args.classes)
     except CTExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CASE_FAILED
@@ -153,27 +213,26 @@ def run_explain(args: argparse.Namespace) -> int:
         image_spacing=tuple(args.spacing) if args.spacing else None,
         slice_labels=slice_labels,
     )
-    cases, problems = discover_cases(inputs)
     results: List[CaseResult] = [CaseResult(input=str(path), error=problem) for path, problem in problems]
-    folders: Dict[Path, Path] = unique_case_folders(cases, args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     jsonl = JsonlProgress() if args.progress_jsonl else None
-    bar = tqdm(total=len(cases), unit="case", disable=args.no_progress or jsonl is not None or not sys.stderr.isatty() and "CI" in os.environ)
-    for index, case in enumerate(cases):
-        bar.set_description(case.name)
+    bar = tqdm(total=len(jobs), unit="case", disable=args.no_progress or jsonl is not None or not sys.stderr.isatty() and "CI" in os.environ)
+    for index, job in enumerate(jobs):
+        bar.set_description(job.case.name)
 
         def progress(stage: str, fraction: float) -> None:
             bar.set_postfix_str(stage)
 
         if jsonl is not None:
-            jsonl.start_case(folders[case].name, index, len(cases))
-        result = explain_case(case, folders[case], classifier, segmenter, options, jsonl if jsonl is not None else progress)
+            jsonl.start_case(job.folder.name, index, len(jobs))
+        classifier, segmenter = models[job.models]
+        result = explain_case(job.case, job.folder, classifier, segmenter, options, jsonl if jsonl is not None else progress)
         if jsonl is not None:
             jsonl.end_case(result)
         if not result.ok:
             tqdm.write(f"error: {result.error}", file=sys.stderr)
         for warning in result.warnings:
-            tqdm.write(f"warning: {case.name}: {warning}", file=sys.stderr)
+            tqdm.write(f"warning: {job.case.name}: {warning}", file=sys.stderr)
         results.append(result)
         bar.update(1)
     bar.close()
@@ -188,8 +247,29 @@ def run_models(args: argparse.Namespace) -> int:
     if not packages:
         print("no model packages found")
         return 0
+    # Which package each sample case runs with (without the stand-in warnings: they are listed here).
+    used_by: Dict[Path, List[str]] = {}
+    sample_lines: List[str] = []
+    for sample in SAMPLES:
+        roles = []
+        for role, name in (("classifier", sample.classifier), ("segmenter", sample.segmenter)):
+            if name is None:
+                roles.append(f"{role} none")
+                continue
+            try:
+                path, missing = locate_package(name)
+            except CTExplainError:
+                roles.append(f"{role} {name} (NOT FOUND)")
+                continue
+            used_by.setdefault(path.resolve(), []).append(sample.name)
+            roles.append(f"{role} {name}" if missing is None else f"{role} {path.name} (stand-in: {name} is not installed)")
+        sample_lines.append(f"  {sample.name:20s} " + ", ".join(roles))
     for info in packages:
-        print(f"{info.name:32s} {info.task:13s} {info.version:8s} {'UNTRAINED ' if info.untrained else ''}{info.path}")
+        samples = used_by.get(info.path.resolve())
+        mark = f"  [sample: {', '.join(samples)}]" if samples else ""
+        print(f"{info.name:32s} {info.task:13s} {info.version:8s} {'UNTRAINED ' if info.untrained else ''}{info.path}{mark}")
+    print("\nsample cases (ctexplain explain --sample):")
+    print("\n".join(sample_lines))
     return 0
 
 

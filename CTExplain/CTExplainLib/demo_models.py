@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from .model_package import ChannelSpec, ClassSpec, InputSpec, ModelMetadata, save_package
-from .models_catalog import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
+from .models_catalog import DEMO_CLASSIFIER, DEMO_SEGMENTER
 from .networks import NETWORKS, build_network
 
 LUNG = ChannelSpec("lung", -600.0, 1500.0)
@@ -58,20 +58,20 @@ def untrained_package(
 
 def demo_classifier(path: Path) -> Path:
     spec = InputSpec(3, [LUNG, SOFT_TISSUE], spacing=(2.5, 2.5, 5.0), size=(128, 128, 64), orientation="LPS")
-    return untrained_package(path, DEFAULT_CLASSIFIER, "multilabel", "CompactCNN", ["demo finding A", "demo finding B", "demo finding C"], spec)
+    return untrained_package(path, DEMO_CLASSIFIER, "multilabel", "CompactCNN", ["demo finding A", "demo finding B", "demo finding C"], spec)
 
 
 def demo_segmenter(path: Path) -> Path:
     spec = InputSpec(3, [LUNG], spacing=(3.0, 3.0, 3.0), size=(96, 96, 96), orientation="LPS")
     kwargs = {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1}
-    return untrained_package(path, DEFAULT_SEGMENTER, "segmentation", "UNet", ["background", "lungs", "body"], spec, kwargs)
+    return untrained_package(path, DEMO_SEGMENTER, "segmentation", "UNet", ["background", "lungs", "body"], spec, kwargs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="write the untrained demo packages")
     parser.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
-    for make, name in ((demo_classifier, DEFAULT_CLASSIFIER), (demo_segmenter, DEFAULT_SEGMENTER)):
+    for make, name in ((demo_classifier, DEMO_CLASSIFIER), (demo_segmenter, DEMO_SEGMENTER)):
         print(make(args.folder / name))
     return 0
 

@@ -19,9 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .errors import ModelPackageError
+from .package_files import METADATA_FILE, WEIGHTS_FILE
 
-METADATA_FILE = "ctexplain-model.json"
-WEIGHTS_FILE = "model.safetensors"
 FORMAT = "ctexplain-model/1"
 TASKS = ("binary", "multiclass", "multilabel", "segmentation")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")

@@ -1,24 +1,79 @@
-"""Where CTExplain finds model packages and the shipped sample cases."""
+"""Where CTExplain finds model packages, which ones it uses by default, and the shipped sample cases.
+
+Nothing here imports torch (package metadata is plain JSON): the Slicer module fills its model
+selectors from this catalog before its dependencies are installed.
+
+The trained packages are named here before they ship. Until a package's folder exists in a
+search folder, its untrained demo stands in for it, with a warning; the stand-in disappears by
+itself once the folder is there.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from .errors import ModelPackageError
-from .model_package import METADATA_FILE
+from .package_files import METADATA_FILE
+
+LOG = logging.getLogger(__name__)
 
 RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
 SHIPPED_MODELS = RESOURCES / "Models"
-SAMPLES = RESOURCES / "Samples"
+SAMPLES_FOLDER = RESOURCES / "Samples"
 USER_MODELS = Path.home() / ".ctexplain" / "models"
 MODELS_PATH_VARIABLE = "CTEXPLAIN_MODELS"  # extra folders, separated like PATH
 
-DEFAULT_CLASSIFIER = "demo-chest-classifier-untrained"
-DEFAULT_SEGMENTER = "demo-chest-segmenter-untrained"
-SAMPLE_CASES = [SAMPLES / "chest_ct.nii.gz"]
+# Untrained packages with random weights: they exercise the mechanics, not accuracy.
+DEMO_CLASSIFIER = "demo-chest-classifier-untrained"
+DEMO_SEGMENTER = "demo-chest-segmenter-untrained"
+# Trained packages (folder names under Resources/Models).
+HEAD_CLASSIFIER = "head-ct-ich-findings"
+CHEST_CLASSIFIER = "chest-ct-4class"
+CHEST_SEGMENTER = "chest-ct-segmenter"
+# What inputs given without --model/--segmenter (and the Slicer module's "Default") run with.
+DEFAULT_CLASSIFIER = CHEST_CLASSIFIER
+DEFAULT_SEGMENTER = CHEST_SEGMENTER
+# The demo that stands in for each trained package while that package is not installed.
+STAND_INS: Dict[str, str] = {
+    HEAD_CLASSIFIER: DEMO_CLASSIFIER,
+    CHEST_CLASSIFIER: DEMO_CLASSIFIER,
+    CHEST_SEGMENTER: DEMO_SEGMENTER,
+}
+
+
+@dataclass(frozen=True)
+class SampleCase:
+    """A CT shipped for the demo, and the packages it is meant to be run with."""
+
+    name: str  # also its output folder under ``ctexplain explain --sample --out DIR``
+    path: Path
+    classifier: str
+    segmenter: Optional[str]  # None: no segmenter
+    citation: str
+
+
+CHEST_SAMPLE = SampleCase(
+    name="chest_ct",
+    path=SAMPLES_FOLDER / "chest_ct.nii.gz",
+    classifier=CHEST_CLASSIFIER,
+    segmenter=CHEST_SEGMENTER,
+    citation="TotalSegmentator example_ct (Apache-2.0): Wasserthal J. et al., Radiology: AI 2023, doi:10.1148/ryai.230024",
+)
+HEAD_SAMPLE = SampleCase(
+    name="head_ct_ich_050",
+    path=SAMPLES_FOLDER / "head_ct_ich_050.nii.gz",
+    classifier=HEAD_CLASSIFIER,
+    segmenter=None,
+    citation=(
+        "CT-ICH patient 050 (CC BY 4.0): Hssayeni, M. D., et al. (2020). Computed Tomography Images for "
+        "Intracranial Hemorrhage Detection and Segmentation (version 1.3.1). PhysioNet. doi:10.13026/w8q8-ky94"
+    ),
+)
+SAMPLES: Tuple[SampleCase, ...] = (CHEST_SAMPLE, HEAD_SAMPLE)
 
 
 @dataclass
@@ -57,13 +112,44 @@ def find_packages(extra: Iterable[Path] = ()) -> List[PackageInfo]:
     return found
 
 
-def resolve_package(name_or_path: Union[str, Path]) -> Path:
-    """A package folder given as a path, or by its folder name in the search folders."""
+def _find_folder(name_or_path: Union[str, Path]) -> Optional[Path]:
     path = Path(name_or_path)
     if path.exists():
         return path
     for folder in search_folders():
         if (folder / str(name_or_path)).is_dir():
             return folder / str(name_or_path)
+    return None
+
+
+def locate_package(name_or_path: Union[str, Path]) -> Tuple[Path, Optional[str]]:
+    """The package folder, and the name of the trained package it stands in for (None when it
+    is the package asked for). Logs nothing: see :func:`resolve_package`."""
+    found = _find_folder(name_or_path)
+    if found is not None:
+        return found, None
+    stand_in = STAND_INS.get(str(name_or_path))
+    found = _find_folder(stand_in) if stand_in is not None else None
+    if found is not None:
+        return found, str(name_or_path)
     available = ", ".join(p.path.name for p in find_packages()) or "none"
-    raise ModelPackageError(path, f"no such model package (available: {available})")
+    raise ModelPackageError(Path(name_or_path), f"no such model package (available: {available})")
+
+
+def resolve_package(name_or_path: Union[str, Path]) -> Path:
+    """A package folder given as a path, or by its folder name in the search folders; a trained
+    package that is not installed yet gives its untrained stand-in, with a warning."""
+    path, missing = locate_package(name_or_path)
+    if missing is not None:
+        LOG.warning("model package %s is not installed yet; using the untrained stand-in %s instead (its results show the mechanics only)", missing, path)
+    return path
+
+
+def resolve_models(classifier: Union[str, Path], segmenter: Union[str, Path, None]) -> Tuple[Path, Optional[Path]]:
+    """The folders of a classifier and of a segmenter (None: no segmenter)."""
+    return resolve_package(classifier), resolve_package(segmenter) if segmenter is not None else None
+
+
+def sample_models(sample: SampleCase) -> Tuple[Path, Optional[Path]]:
+    """The folders of the packages ``sample`` is meant to be run with, or of their stand-ins."""
+    return resolve_models(sample.classifier, sample.segmenter)
