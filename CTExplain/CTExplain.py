@@ -15,6 +15,7 @@ import logging
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -143,6 +144,7 @@ class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thresholdSlider.connect("valueChanged(double)", self.onDisplayChanged)
         self.ui.findingsTable.connect("itemSelectionChanged()", self.onFindingSelected)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.loadButton.connect("clicked(bool)", self.onLoadButton)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.layout.addStretch(1)
@@ -255,6 +257,19 @@ class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateParameterNodeFromGUI()
 
     # -- running ------------------------------------------------------------------------
+    def onLoadButton(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), "Load CT", "",
+            "CT volumes (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd);;Any file of a DICOM series (*)")
+        if not path:
+            return
+        try:
+            node = self.logic.loadCT(path)
+        except Exception as exc:
+            slicer.util.errorDisplay(f"CTExplain could not load {path}:\n{exc}")
+            return
+        self.ui.inputSelector.setCurrentNode(node)
+
     def onApplyButton(self) -> None:
         if self.run is not None:
             self.cancelRun()
@@ -493,6 +508,28 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
         LOG.info("CTExplain: %s explained; probabilities %s; seconds per stage %s",
                  inputVolumeNode.GetName(), results["probabilities"], timer.seconds)
         return results
+
+    @staticmethod
+    def loadCT(path, name: Optional[str] = None):
+        """A scalar volume node for a CT file or DICOM series: volume files through Slicer's own
+        reader; DICOM (a folder or any file in one) through the core loader, as ``ctexplain
+        explain`` reads it (series choice, slice order, HU, gaps and tilt handled there)."""
+        from CTExplainLib.discovery import case_name
+        from CTExplainLib.loading import load_volume
+        from CTExplainLib.loading.image_file import volume_file_format
+
+        path = Path(path)
+        name = name or case_name(path)
+        if path.is_file() and volume_file_format(path) is not None:
+            node = slicer.util.loadVolume(str(path), {"name": name})
+            if node is None:
+                raise ValueError(f"{path}: Slicer could not read this volume")
+            return node
+        volume = load_volume(path)
+        for warning in volume.metadata.get("warnings", []):
+            LOG.warning("%s: %s", path, warning)
+        return slicer.util.addVolumeFromArray(volume.array, ijkToRAS=volume.ijk_to_ras(), name=name,
+                                              nodeClassName="vtkMRMLScalarVolumeNode")
 
     @staticmethod
     def _checkInput(inputVolumeNode) -> None:

@@ -524,6 +524,28 @@ print("ok")
 """
 
 
+def test_load_ct_reads_dicom_as_the_core_and_files_with_slicer(env, data_dir, tmp_path):
+    """The "Load CT..." path: any file of a DICOM series gives the series as the core loads it
+    (voxels and IJK-to-RAS); a NIfTI goes through Slicer's reader; a non-CT file is an error."""
+    from CTExplainLib.loading import load_volume
+
+    slicer, module = env
+    logic = module.CTExplainLogic()
+    series = data_dir / "slicer-cthead"
+    some_file = sorted(p for p in series.rglob("*") if p.is_file())[5]
+    node = logic.loadCT(some_file)
+    core = load_volume(series)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), core.array)
+    np.testing.assert_allclose(matrix_of(node), core.ijk_to_ras(), atol=1e-9)
+    nifti = logic.loadCT(SAMPLE)
+    assert nifti.GetName().startswith("chest_ct") and slicer.util.arrayFromVolume(nifti).shape == (112, 101, 122)
+    (tmp_path / "notes.txt").write_text("not a CT")
+    with pytest.raises(Exception, match="notes.txt"):
+        logic.loadCT(tmp_path / "notes.txt")
+    for added in (node, nifti):
+        slicer.mrmlScene.RemoveNode(added)
+
+
 # 13
 def test_module_loads_without_its_dependencies_and_installs_nothing_at_import():
     result = subprocess.run([sys.executable, "-c", NO_HEAVY_PACKAGES, str(Path(__file__).parent), str(MODULE_FILE)],
@@ -544,6 +566,7 @@ def test_ui_file_has_every_widget_the_module_uses():
     selector = next(w for w in root.iter("widget") if w.get("name") == "inputSelector")
     node_types = [s.text for p in selector.iter("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
     assert node_types == ["vtkMRMLScalarVolumeNode"]
+    assert widgets["loadButton"] == "QPushButton"
     assert {widgets[n] for n in ("applyButton", "methodComboBox", "deviceComboBox", "progressBar", "findingsTable")} == {
         "QPushButton", "QComboBox", "QProgressBar", "QTableWidget"}
 

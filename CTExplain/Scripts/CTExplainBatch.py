@@ -42,19 +42,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_case(path: Path, name: str):
-    """A scalar volume node for one case (see the module docstring)."""
-    import slicer
-    from CTExplainLib.loading import load_volume
-    from CTExplainLib.loading.image_file import volume_file_format
-
-    if path.is_file() and volume_file_format(path) is not None:
-        return slicer.util.loadVolume(str(path), {"name": name})
-    volume = load_volume(path)  # DICOM (a folder or any file in one), as `ctexplain explain` loads it
-    return slicer.util.addVolumeFromArray(volume.array, ijkToRAS=volume.ijk_to_ras(), name=name,
-                                          nodeClassName="vtkMRMLScalarVolumeNode")
-
-
 def save_case(results: Dict[str, Any], inputNode, case: Path, folder: Path, image_format: str) -> None:
     """The output nodes saved with slicer.util.saveNode, montages and result.json written by the core."""
     import slicer
@@ -126,7 +113,7 @@ def run(argv: Sequence[str]) -> int:
     for case in cases:
         before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
         try:
-            inputNode = load_case(case, case_name(case))
+            inputNode = logic.loadCT(case, case_name(case))
             results = logic.process(inputNode, classifier=args.model, segmenter=args.segmenter,
                                     method=args.method, device=args.device, wait=True)
             save_case(results, inputNode, case, folders[case], args.image_format)
