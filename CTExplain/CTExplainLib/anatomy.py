@@ -103,21 +103,24 @@ def _coarse_body_mask(ct: Volume, threshold_hu: float) -> Optional[Tuple[np.ndar
 def _fill_holes_per_slice(mask: np.ndarray) -> None:
     """Fill, in place, the holes of each axial slice of a 0/1 uint8 mask (4-connected background).
 
-    Slices are stacked with a plane of foreground between any two and at both ends, so that
-    one 3D hole filling does the work of one 2D filling per slice: a background region can
-    reach the image border only within its own slice.
+    A hole is background that cannot reach its slice's border. The slices are framed by one
+    pixel of background and stacked into one tall 2D image, in which the frames of all slices
+    touch: the background connected to them is the outside of every slice, and a background
+    region can reach another slice only through a frame, that is through the outside. One
+    4-connected labelling of that image finds every slice's outside at once, several times
+    faster than ITK's hole filling (which labels the holes too) per slice or in 3D.
     """
-    for start in range(0, mask.shape[0], FILL_SLAB_SLICES):
-        slab = mask[start : start + FILL_SLAB_SLICES]
-        stack = np.ones((2 * slab.shape[0] + 1,) + slab.shape[1:], dtype=np.uint8)
-        stack[1::2] = slab
-        filled = sitk.BinaryFillhole(sitk.GetImageFromArray(stack), fullyConnected=False, foregroundValue=1)
-        slab[...] = sitk.GetArrayViewFromImage(filled)[1::2]
-        del filled
+    depth, rows, columns = mask.shape
+    background = np.ones((depth, rows + 2, columns + 2), dtype=np.uint8)
+    np.subtract(1, mask, out=background[:, 1:-1, 1:-1])
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(background.reshape(depth * (rows + 2), columns + 2)), False)
+    del background
+    labels = sitk.GetArrayViewFromImage(components).reshape(depth, rows + 2, columns + 2)
+    np.not_equal(labels[:, 1:-1, 1:-1], labels[0, 0, 0], out=mask, casting="unsafe")  # all but the outside
+    del labels  # the view must not outlive its image
 
 
-SLAB_SLICES = 16  # axial slices processed at once by the energy sums
-FILL_SLAB_SLICES = 64  # axial slices filled at once by _fill_holes_per_slice
+SLAB_SLICES = 16  # axial slices processed at once: CT shrinking; the region energies are summed per slab
 
 
 def _energy_map(heat: np.ndarray) -> np.ndarray:
@@ -142,9 +145,9 @@ class Regions:
     for each whether the voxel is in the body, numbered ``2 * label + inside_body``.
 
     Built once per case and shared by all findings (:meth:`of` from full arrays;
-    :meth:`for_ct` makes the body mask itself and keeps it on its coarse grid). The codes
-    are made slab by slab when a heat map is measured, so no full-size array is added to
-    the label map.
+    :meth:`for_ct` makes the body mask itself and keeps it as bits, an eighth of a byte a
+    voxel). The codes are made slice by slice when a heat map is measured, so no full-size
+    array is added to the label map.
     """
 
     def __init__(self, shape: Tuple[int, ...], labels: Optional[np.ndarray], body: Optional[Callable[[int, int], np.ndarray]]) -> None:
@@ -154,11 +157,9 @@ class Regions:
         if labels is not None:
             if labels.size and not np.issubdtype(labels.dtype, np.integer):
                 raise ValueError(f"label map must hold integers, got {labels.dtype}")
-            if labels.size and labels.min() < 0:
+            if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
                 raise ValueError(f"label map holds negative labels (min {labels.min()})")
         self.voxels = label_counts(labels) if labels is not None else np.array([int(np.prod(shape, dtype=np.int64))])
-        top = self.voxels.size - 1
-        self.dtype = np.uint8 if 2 * top + 1 < 256 else np.uint16 if 2 * top + 1 < 65536 else np.int64
         self._scratch: Dict[str, np.ndarray] = {}  # buffers of summarise_heat, reused by every finding
 
     @property
@@ -190,29 +191,48 @@ class Regions:
         if grid is ct.grid or plan is None:  # the mask at full size (for other grids SimpleITK resamples it)
             mask = small if grid is ct.grid else body_mask_from(small, grid, ct.grid)
             return cls(shape, labels, lambda start, stop: mask[start:stop])
-
-        def body_slab(start: int, stop: int) -> np.ndarray:
-            slab = np.empty((stop - start,) + shape[1:], dtype=np.uint8)
-            for k in range(start, stop):
-                plan.nearest_slice(small, k, 0, slab[k - start])
-            return slab
-
-        return cls(shape, labels, body_slab)
+        # Brought to full size once, slice by slice, and kept packed 8 voxels a byte (10 MB for a
+        # 512x512x300 CT): every finding unpacks its slices instead of resampling them again.
+        section = np.empty(shape[1:], dtype=np.uint8)
+        packed = np.empty(shape[:2] + ((shape[2] + 7) // 8,), dtype=np.uint8)
+        for k in range(shape[0]):
+            packed[k] = np.packbits(plan.nearest_slice(small, k, 0, section), axis=-1)
+        return cls(shape, labels, lambda start, stop: np.unpackbits(packed[start:stop], axis=-1, count=shape[2]))
 
     def codes(self, start: int, stop: int) -> np.ndarray:
-        """``2 * label + inside_body`` for slices [start, stop)."""
-        codes = np.zeros((stop - start,) + self.shape[1:], dtype=self.dtype)
-        if self.labels is not None:
-            np.multiply(self.labels[start:stop], 2, out=codes, casting="unsafe")
-        if self.body_slab is not None:
-            codes += self.body_slab(start, stop)
+        """``2 * label + inside_body`` for slices [start, stop), as 64-bit integers."""
+        codes = np.zeros((stop - start,) + self.shape[1:], dtype=np.intp)
+        self._codes_into(codes, start, stop)
         return codes
+
+    def _codes_into(self, codes: np.ndarray, start: int, stop: int) -> None:
+        # Computed in the 64-bit output itself: doubled in the labels' own type, a uint8 label
+        # of 128 or more would wrap around.
+        if self.labels is None:
+            codes.fill(0)
+        else:
+            np.copyto(codes, self.labels[start:stop], casting="unsafe")
+            np.left_shift(codes, 1, out=codes)
+        if self.body_slab is not None:
+            np.add(codes, self.body_slab(start, stop), out=codes, casting="unsafe")
 
     def label_at(self, k: int, j: int, i: int) -> int:
         return int(self.labels[k, j, i]) if self.labels is not None else 0
 
     def inside_body_at(self, k: int, j: int, i: int) -> Optional[bool]:
         return None if self.body_slab is None else bool(self.body_slab(k, k + 1)[0, j, i])
+
+    def _buffers(self, plane: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positive, codes, weights): a slice's voxels of positive energy, and room for the
+        codes and energies of a whole slice plus one carried sum per region code."""
+        size = plane + 2 * self.voxels.size
+        if self._scratch.get("codes", np.empty(0)).size != size:
+            self._scratch = {
+                "positive": np.empty(plane, dtype=bool),
+                "codes": np.empty(size, dtype=np.intp),
+                "weights": np.empty(size, dtype=np.float64),
+            }
+        return self._scratch["positive"], self._scratch["codes"], self._scratch["weights"]
 
 
 @dataclass
@@ -225,11 +245,13 @@ class HeatSummary:
 
 
 def summarise_heat(heat: np.ndarray, regions: Optional[Regions] = None) -> HeatSummary:
-    """One pass over ``heat`` (slab by slab, no full-size temporary): per-slice energy, energy
+    """One pass over ``heat`` (slice by slice, no full-size temporary): per-slice energy, energy
     per region, peak. Negative values count as 0; NaN or infinite values raise ValueError.
 
-    The sums are taken exactly as :func:`~CTExplainLib.montage.slice_energy` and
-    :func:`cam_energy_by_segment` take them (same order, float64), so the numbers are theirs.
+    The region energies are ``np.bincount(codes, weights=energy)`` of each slab of SLAB_SLICES
+    slices, added up slab after slab; each slab's sums are computed a slice at a time, every
+    slice's bincount starting from the sums so far (see :func:`_add_region_energy`), so they
+    are the same to the last bit while the work stays in the processor's cache.
     """
     heat = np.asarray(heat)
     if heat.ndim < 1:
@@ -240,26 +262,24 @@ def summarise_heat(heat: np.ndarray, regions: Optional[Regions] = None) -> HeatS
     depth, plane = heat.shape[0], int(np.prod(heat.shape[1:], dtype=np.int64))
     slice_energy = np.zeros(depth, dtype=np.float64)
     region_energy = np.zeros(2 * regions.voxels.size) if regions is not None else None
-    if regions is not None:
-        size = min(depth, SLAB_SLICES) * plane
-        if regions._scratch.get("codes", np.empty(0)).size != size:
-            regions._scratch = {"codes": np.empty(size, dtype=np.intp), "weights": np.empty(size, dtype=np.float64)}
-        codes, weights = regions._scratch["codes"], regions._scratch["weights"]
+    slab_energy = np.zeros_like(region_energy) if regions is not None else None
     peak_value, peak_at = 0.0, -1
-    for start in range(0, depth, SLAB_SLICES):
-        slab = heat[start : start + SLAB_SLICES]
-        low, high = slab.min(), slab.max()
+    for k in range(depth):
+        section = heat[k]
+        low, high = section.min(), section.max()
         if not (np.isfinite(low) and np.isfinite(high)):
             raise ValueError("heat map holds NaN or infinite values")
         if low < 0:
-            slab = np.maximum(slab, 0)
-        for offset, section in enumerate(slab):
-            slice_energy[start + offset] = section.sum(dtype=np.float64)
+            section = np.maximum(section, 0)
+        slice_energy[k] = section.sum(dtype=np.float64)
         if high > peak_value:
-            peak_value, peak_at = float(high), start * plane + int(np.argmax(slab))
-        if regions is not None and high > 0:
-            stop = min(start + SLAB_SLICES, depth)
-            _add_region_energy(region_energy, slab.ravel(), regions.codes(start, stop).ravel(), codes, weights)
+            peak_value, peak_at = float(high), k * plane + int(np.argmax(section))
+        if regions is not None:
+            if high > 0:
+                _add_region_energy(slab_energy, section.ravel(), regions, k)
+            if (k + 1) % SLAB_SLICES == 0 or k + 1 == depth:
+                region_energy += slab_energy
+                slab_energy[...] = 0.0
     peak = None
     if peak_at >= 0:
         k, j, i = (int(v) for v in np.unravel_index(peak_at, heat.shape))
@@ -267,20 +287,40 @@ def summarise_heat(heat: np.ndarray, regions: Optional[Regions] = None) -> HeatS
     return HeatSummary(slice_energy, region_energy, peak)
 
 
-def _add_region_energy(total: np.ndarray, energy: np.ndarray, region: np.ndarray, codes: np.ndarray, weights: np.ndarray) -> None:
-    """``total += np.bincount(region, weights=energy)``, the same sums to the last bit, faster:
-    into reused 64-bit buffers (bincount would allocate its own each time), and without the
-    voxels of zero energy when they are many (adding 0.0 leaves a sum as it is)."""
-    nonzero = np.flatnonzero(energy)
-    if nonzero.size < energy.size // 2:
-        count = nonzero.size
-        np.copyto(codes[:count], region[nonzero], casting="unsafe")
-        np.copyto(weights[:count], energy[nonzero])
+def _add_region_energy(sums: np.ndarray, energy: np.ndarray, regions: Regions, k: int) -> None:
+    """Add the energy of slice ``k`` (non-negative, flat) to ``sums`` per region code, as one
+    ``np.bincount(codes, weights)`` over the slab would have added it.
+
+    That bincount adds each code's energies in voxel order, starting from 0. Here the sums so
+    far come first in the codes and weights given to bincount, one voxel per code that has a
+    sum: 0 + sum = sum, then the slice's energies follow in order, so each code's result is
+    the slab's running sum carried on, bit for bit. Voxels of zero energy are left out when
+    they are many (adding 0.0 leaves a sum as it is); the buffers are the Regions' own, reused.
+    """
+    positive, codes, weights = regions._buffers(energy.size)
+    np.greater(energy, 0, out=positive)
+    count = int(np.count_nonzero(positive))
+    if count == 0:
+        return
+    carried = np.flatnonzero(sums)
+    first = carried.size
+    codes[:first] = carried
+    weights[:first] = sums[carried]
+    if count < energy.size // 2:
+        stop = first + count
+        if regions.labels is not None:
+            np.copyto(codes[first:stop], regions.labels[k].ravel()[positive], casting="unsafe")
+            np.left_shift(codes[first:stop], 1, out=codes[first:stop])
+        else:
+            codes[first:stop] = 0
+        if regions.body_slab is not None:
+            np.add(codes[first:stop], regions.body_slab(k, k + 1).ravel()[positive], out=codes[first:stop], casting="unsafe")
+        weights[first:stop] = energy[positive]
     else:
-        count = energy.size
-        np.copyto(codes[:count], region, casting="unsafe")
-        np.copyto(weights[:count], energy)
-    total += np.bincount(codes[:count], weights=weights[:count], minlength=total.size)
+        stop = first + energy.size
+        regions._codes_into(codes[first:stop].reshape((1,) + regions.shape[1:]), k, k + 1)
+        weights[first:stop] = energy
+    sums[...] = np.bincount(codes[:stop], weights=weights[:stop], minlength=sums.size)
 
 
 def cam_energy_by_segment(

@@ -212,8 +212,7 @@ class SeparablePlan:
                 if step is None or step[0] != lower:
                     step = (lower, planes[upper] - planes[lower])
                 np.multiply(step[1], weight, out=work)
-                np.add(planes[lower], work, out=work)
-                out[...] = work
+                np.add(planes[lower], work, out=out, casting="same_kind")  # summed in double, then cast
             yield k, out
 
     def nearest_slice(self, array: np.ndarray, k: int, default_value: float, out: np.ndarray) -> np.ndarray:
@@ -222,7 +221,13 @@ class SeparablePlan:
         if not self.k.inside[k]:
             out.fill(default_value)
             return out
-        out[...] = array[self.k.nearest[k]][np.ix_(j.nearest, i.nearest)]
+        # Rows, then columns, each by np.take: several times faster than one np.ix_ gather.
+        # The indices are in range by construction, so "clip" changes none and spares a copy.
+        rows = np.take(array[self.k.nearest[k]], j.nearest, axis=0, mode="clip")
+        if out.dtype == rows.dtype:
+            np.take(rows, i.nearest, axis=1, out=out, mode="clip")
+        else:
+            out[...] = np.take(rows, i.nearest, axis=1, mode="clip")
         if not (j.inside.all() and i.inside.all()):
             out[~np.logical_and.outer(j.inside, i.inside)] = default_value
         return out

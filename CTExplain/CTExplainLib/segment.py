@@ -75,7 +75,8 @@ def labels_on_grid(probabilities: np.ndarray, source: Grid, target: Grid) -> np.
             _, candidate = next(channels[index])
             np.greater(candidate, best, out=better)
             np.copyto(labels[k], index, where=better)
-            np.maximum(best, candidate, out=best)
+            if index + 1 < len(channels):  # the last segment's values are needed by no comparison
+                np.maximum(best, candidate, out=best)
     return labels
 
 

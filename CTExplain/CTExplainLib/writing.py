@@ -245,6 +245,9 @@ def label_array(array: np.ndarray, what: str = "label map") -> np.ndarray:
     return values.astype(np.uint8 if high < 256 else np.uint16, copy=False)
 
 
+FEW_LABELS = 8  # label maps with at most this many values (0 included) are counted value by value
+
+
 def label_counts(labels: np.ndarray, slab: int = 16) -> np.ndarray:
     """Voxels of each value 0..max of a non-negative integer label map, counted slab by slab
     through one reused 64-bit buffer (``np.bincount`` of the whole map would first copy it to
@@ -253,6 +256,15 @@ def label_counts(labels: np.ndarray, slab: int = 16) -> np.ndarray:
     counts = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int64)
     if labels.ndim == 0:
         counts[int(labels)] += 1
+        return counts
+    if counts.size <= FEW_LABELS:
+        # A few values are counted faster one by one (a comparison and a count in the labels'
+        # own type) than by widening every voxel to 64 bits for bincount.
+        equal = np.empty(min(slab, labels.shape[0]) * int(np.prod(labels.shape[1:], dtype=np.int64)), dtype=bool)
+        for start in range(0, labels.shape[0], slab):
+            piece = labels[start : start + slab].ravel()
+            for value in range(counts.size):
+                counts[value] += np.count_nonzero(np.equal(piece, value, out=equal[: piece.size]))
         return counts
     buffer = np.empty(min(slab, labels.shape[0]) * int(np.prod(labels.shape[1:], dtype=np.int64)), dtype=np.intp)
     for start in range(0, labels.shape[0], slab):
