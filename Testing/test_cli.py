@@ -163,8 +163,10 @@ def tiny_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_samples_run_with_their_own_models(data_dir: Path, tiny_packages: dict, tmp_path: Path, monkeypatch, capsys) -> None:
     """INPUT paths run with the defaults, each sample with its own pair; each package is loaded once."""
     ct = data_dir / "totalsegmentator" / "example_ct_sm.nii.gz"
+    labels = tmp_path / "sample_b_slices.csv"  # by output folder name: both samples are one file
+    labels.write_text("case,slice,positive\nsample_b,1,1\n")
     samples = (SampleCase("sample_a", ct, str(tiny_packages["cls-a"]), str(tiny_packages["seg"]), "test"),
-               SampleCase("sample_b", ct, str(tiny_packages["cls-b"]), None, "test"))
+               SampleCase("sample_b", ct, str(tiny_packages["cls-b"]), None, "test", slice_labels=labels))
     monkeypatch.setattr(cli, "SAMPLES", samples)
     monkeypatch.setattr(cli, "DEFAULT_CLASSIFIER", str(tiny_packages["default-cls"]))
     monkeypatch.setattr(cli, "DEFAULT_SEGMENTER", str(tiny_packages["seg"]))
@@ -182,6 +184,8 @@ def test_samples_run_with_their_own_models(data_dir: Path, tiny_packages: dict, 
         assert record["classifier"]["name"] == classifier, case
         assert (record["segmenter"] or {}).get("name") == segmenter, case
         assert (out / case / "segmentation.seg.nrrd").is_file() == (segmenter is not None), case
+        shares = [finding["anatomy"]["energy_in_positive_slices"] for finding in record["findings"]]
+        assert all((share is not None) == (case == "sample_b") for share in shares), (case, shares)
     assert all(name in stdout for name in expected)
 
     # --model and --segmenter, when given, apply to the samples too.

@@ -200,6 +200,10 @@ def run_explain(args: argparse.Namespace) -> int:
         return EXIT_CASE_FAILED
     try:
         slice_labels = read_slice_labels(args.slice_labels) if args.slice_labels else None
+        if args.sample:  # the samples' own labels, unless the user's file names the same case
+            for sample in SAMPLES:
+                if sample.slice_labels is not None:
+                    slice_labels = {**read_slice_labels(sample.slice_labels), **(slice_labels or {})}
     except CTExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CASE_FAILED

@@ -54,6 +54,7 @@ class SampleCase:
     classifier: str
     segmenter: Optional[str]  # None: no segmenter
     citation: str
+    slice_labels: Optional[Path] = None  # CSV of slice_labels.py: the CAM-in-positive-slices share is reported
 
 
 CHEST_SAMPLE = SampleCase(
@@ -72,6 +73,7 @@ HEAD_SAMPLE = SampleCase(
         "CT-ICH patient 050 (CC BY 4.0): Hssayeni, M. D., et al. (2020). Computed Tomography Images for "
         "Intracranial Hemorrhage Detection and Segmentation (version 1.3.1). PhysioNet. doi:10.13026/w8q8-ky94"
     ),
+    slice_labels=SAMPLES_FOLDER / "head_ct_ich_050_slices.csv",
 )
 SAMPLES: Tuple[SampleCase, ...] = (CHEST_SAMPLE, HEAD_SAMPLE)
 

@@ -26,7 +26,6 @@ import numpy as np
 from .anatomy import AnatomyStats, Regions, anatomy_stats
 from .classify import Classification, classify_and_explain
 from .devices import resolve_device
-from .discovery import case_name
 from .errors import CTExplainError, InputError
 from .loading import load_volume
 from .model_package import LoadedModel
@@ -327,7 +326,7 @@ def explain_case(
             volume = load_volume(input_path, series_uid=options.series_uid, image_spacing=options.image_spacing)
         analysis = analyse(volume, classifier, segmenter, options, timer)
         if options.slice_labels is not None:
-            analysis.positive_slices = positive_slices(options.slice_labels, case_name(input_path), volume.grid.size[2])
+            analysis.positive_slices = positive_slices(options.slice_labels, out_dir.name, volume.grid.size[2])
         with case_output_directory(out_dir) as staging:
             record = write_analysis(analysis, staging, classifier, segmenter, options, timer)
             record["timings_s"]["total"] = time.perf_counter() - started  # wall clock, stages and all between
