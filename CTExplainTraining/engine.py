@@ -38,6 +38,16 @@ from .validate import Validation, validate_classifier, validate_segmenter
 LOG = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 LOG_FILE = "log.csv"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tensorboard_writer(folder: Path) -> Optional[Any]:
+    """A TensorBoard SummaryWriter into ``folder``, or None when TensorBoard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: the CSV log is always written
+        return None
+    return SummaryWriter(log_dir=str(folder))
 
 StepCallback = Callable[[int, torch.nn.Module, float], None]
 
@@ -145,6 +155,7 @@ class Trainer:
         self.scheduler = WarmupCosineSchedule(self.optimizer, warmup_steps=warmup, t_total=total)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp)
         self.state = _State()
+        self.tensorboard: Optional[Any] = None  # made by fit() on rank 0
 
     def _steps_per_epoch(self) -> int:
         batches = len(self.loader)
@@ -258,6 +269,11 @@ class Trainer:
         return validate_classifier(self.network, self.config, self.manifest.classes, self.cases, self.val, self.loss_fn, self.device)
 
     def _log(self, row: Dict[str, float]) -> None:
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.tensorboard.add_scalar(key, value, int(row["epoch"]))
+            self.tensorboard.flush()
         path = self.run_dir / LOG_FILE
         fresh = not path.exists() or row["epoch"] == 1
         columns = list(row)
@@ -271,6 +287,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> FitResult:
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.tensorboard = tensorboard_writer(self.run_dir / TENSORBOARD_DIR)
         if resume:
             self.resume()
         monitor = self.config.resolved_monitor()
@@ -295,6 +312,8 @@ class Trainer:
             stopped = broadcast_flag(stopped, self.info, self._collective_device())
             self.state.epoch += 1
             self.save_checkpoint()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return self._result(stopped)
 
     def _result(self, stopped: bool) -> FitResult:

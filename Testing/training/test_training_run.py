@@ -53,6 +53,15 @@ def test_log_report_and_checkpoint(trained: Path) -> None:
     html = (trained / "report.html").read_text()
     assert "any_hemorrhage" in html and "data:image/png;base64," in html
     assert (trained / "fit" / "checkpoint.pt").exists()
+    # The same scalars in TensorBoard (installed with the [train] extra), read back by its own reader.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained / "fit" / "tensorboard"))
+    events.Reload()
+    assert {"train_loss", "val_auc_macro", "data_fraction"} <= set(events.Tags()["scalars"])
+    logged = events.Scalars("train_loss")
+    assert [e.step for e in logged] == [int(float(r["epoch"])) for r in rows]
+    assert [e.value for e in logged] == pytest.approx([float(r["train_loss"]) for r in rows], rel=1e-6)
 
 
 def test_resume_continues_from_the_checkpoint(trained: Path, tmp_path: Path) -> None:
