@@ -462,7 +462,8 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
                 progress: Optional[Progress] = None):
         """Explain ``inputVolumeNode``.
 
-        classifier/segmenter: a model package path or name (None: the shipped demo models;
+        classifier/segmenter: a model package path or name (None: the shipped defaults,
+        ``DEFAULT_CLASSIFIER`` and ``DEFAULT_SEGMENTER`` of ``CTExplainLib.models_catalog``;
         segmenter "none": no segmentation).
 
         wait=True: runs in this process and returns the results (output nodes, probabilities,

@@ -67,6 +67,9 @@ class TrainConfig:
     rotate_degrees: float = 10.0  # in-plane (about the model's k axis)
     scale_range: float = 0.1
     intensity_jitter: float = 0.1
+    # Chance of sharpening and of noise: a model trained on smooth (thick, upsampled) slices
+    # meets sharp, noisy thin-slice CT at inference.
+    texture_prob: float = 0.0
     # Splits and validation.
     val_fraction: float = 0.2
     cv: int = 0

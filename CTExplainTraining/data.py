@@ -29,6 +29,8 @@ from monai.transforms import (
     RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSharpend,
     RandScaleIntensityd,
     RandShiftIntensityd,
     SpatialPadd,
@@ -163,7 +165,7 @@ class PreprocessedCases:
 
 
 def augmentation(config: TrainConfig, keys: Sequence[str], dims: int) -> Optional[Compose]:
-    """Random flips, in-plane rotation and scaling, intensity jitter (MONAI transforms)."""
+    """Random flips, in-plane rotation and scaling, intensity jitter, optionally sharpening and noise (MONAI transforms)."""
     if not config.augment:
         return None
     # Model axis a (0 = i) is tensor spatial axis dims-1-a.
@@ -174,6 +176,9 @@ def augmentation(config: TrainConfig, keys: Sequence[str], dims: int) -> Optiona
     affine = RandAffined(keys, prob=0.7, rotate_range=rotate, scale_range=config.scale_range, mode=modes, padding_mode="zeros")
     jitter = config.intensity_jitter
     intensity = [RandScaleIntensityd(IMAGE, factors=jitter, prob=0.5), RandShiftIntensityd(IMAGE, offsets=jitter / 2, prob=0.5)]
+    if config.texture_prob > 0:
+        intensity += [RandGaussianSharpend(IMAGE, prob=config.texture_prob),
+                      RandGaussianNoised(IMAGE, prob=config.texture_prob, std=0.03)]
     return Compose([*flip, affine, *intensity])
 
 
