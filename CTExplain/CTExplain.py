@@ -62,18 +62,19 @@ class CTExplain(ScriptedLoadableModule):
             "first run, after asking."
         )
         self.parent.acknowledgementText = (
-            "The shipped demo models are UNTRAINED (random weights): their probabilities, maps and "
-            "masks show the mechanics only and mean nothing; they stand in for the trained models "
-            "until those are installed. The sample CTs are TotalSegmentator's example_ct (Wasserthal "
-            "J. et al., Radiology: AI 2023, doi:10.1148/ryai.230024), Apache-2.0, and patient 050 of "
-            "CT-ICH (Hssayeni, M. D., et al. (2020). Computed Tomography Images for Intracranial "
-            "Hemorrhage Detection and Segmentation (version 1.3.1). PhysioNet. doi:10.13026/w8q8-ky94), "
-            "CC BY 4.0, rebuilt to HU from its JPEGs with an assumed 0.35 x 0.35 x 5 mm spacing. "
-            "The trained models planned as defaults are to be trained on: PhysioNet "
-            "CT-ICH (Hssayeni M. et al. 2020, doi:10.13026/w8q8-ky94), CC BY 4.0; TotalSegmentator "
-            "fixtures (Wasserthal et al. 2023), Apache-2.0; MedSeg COVID-19 CT segmentations as "
-            "prepared by Inf-Net (Fan D.-P. et al. 2020); and the Kaggle 'Chest CT-Scan images' "
-            "data set. Each model package names its own training data in its metadata."
+            "The shipped models are research models trained on small public data sets, not for "
+            "clinical use; each package names its training data, licence and validation metrics in "
+            "its metadata. head-ct-ich-findings: PhysioNet CT-ICH (Hssayeni, M. D., et al. (2020). "
+            "Computed Tomography Images for Intracranial Hemorrhage Detection and Segmentation "
+            "(version 1.3.1). PhysioNet. doi:10.13026/w8q8-ky94), CC BY 4.0. chest-ct-segmenter: "
+            "TotalSegmentator's test fixtures (Wasserthal J. et al., Radiology: AI 2023, "
+            "doi:10.1148/ryai.230024), Apache-2.0; its reference masks are TotalSegmentator's output. "
+            "chest-ct-4class: Kaggle 'Chest CT-Scan images' (mohamedhanyyy), deduplicated. "
+            "covid-infection-2d: MedSeg COVID-19 CT segmentations as prepared by Inf-Net (Fan D.-P. "
+            "et al., IEEE TMI 2020). The demo-* packages are UNTRAINED (random weights) and show the "
+            "mechanics only. The sample CTs are TotalSegmentator's example_ct (Apache-2.0) and patient "
+            "050 of CT-ICH (CC BY 4.0), rebuilt to HU from its JPEGs with an assumed 0.35 x 0.35 x 5 mm "
+            "spacing."
         )
 
 

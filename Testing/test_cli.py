@@ -21,6 +21,7 @@ from CTExplainLib.cli import main
 from CTExplainLib.demo_models import LUNG, demo_classifier, demo_segmenter, untrained_package
 from CTExplainLib.model_package import METADATA_FILE, WEIGHTS_FILE, InputSpec
 from CTExplainLib.models_catalog import SAMPLES, SampleCase, locate_package
+from CTExplainLib.pipeline import slug
 
 
 @pytest.fixture(scope="module")
@@ -203,11 +204,13 @@ def test_console_script_runs_the_sample(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "ctexplain"
     completed = subprocess.run([str(script), "explain", "--sample", "--out", str(tmp_path), "--device", "cpu"], capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr
-    result = json.loads((tmp_path / "chest_ct" / "result.json").read_text())
-    assert any("UNTRAINED" in w for w in result["warnings"])
-    assert (tmp_path / "chest_ct" / "segmentation.seg.nrrd").is_file()
-    assert len(list((tmp_path / "chest_ct").glob("heatmap_*.nrrd"))) == 3
     for sample in SAMPLES:  # each with its own models (or their stand-ins)
         record = json.loads((tmp_path / sample.name / "result.json").read_text())
+        package = json.loads((locate_package(sample.classifier)[0] / METADATA_FILE).read_text())
         assert record["classifier"]["path"] == str(locate_package(sample.classifier)[0]), sample.name
         assert (record["segmenter"] is None) == (sample.segmenter is None), sample.name
+        assert (tmp_path / sample.name / "segmentation.seg.nrrd").is_file() == (sample.segmenter is not None)
+        # Models of up to 8 classes: a heat map for every class; an untrained one is said to be.
+        heat_maps = sorted(p.name for p in (tmp_path / sample.name).glob("heatmap_*.nrrd"))
+        assert heat_maps == sorted(f"heatmap_{slug(c['name'])}.nrrd" for c in package["classes"]), sample.name
+        assert any("UNTRAINED" in w for w in record["warnings"]) == bool(package.get("untrained")), sample.name

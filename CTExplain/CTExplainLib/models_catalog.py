@@ -85,6 +85,18 @@ class PackageInfo:
     version: str
     untrained: bool
     path: Path
+    class_names: Tuple[str, ...] = ()
+
+
+def read_package_info(folder: Path) -> Optional[PackageInfo]:
+    """What a package's metadata says about it (no weights are read); None if it has none."""
+    try:
+        data = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    classes = tuple(str(c.get("name", "?")) if isinstance(c, dict) else str(c) for c in data.get("classes", []))
+    return PackageInfo(str(data.get("name", folder.name)), str(data.get("task", "?")), str(data.get("version", "?")),
+                       bool(data.get("untrained")), folder, classes)
 
 
 def search_folders(extra: Iterable[Path] = ()) -> List[Path]:
@@ -101,16 +113,9 @@ def find_packages(extra: Iterable[Path] = ()) -> List[PackageInfo]:
         if not folder.is_dir():
             continue
         for candidate in sorted(folder.iterdir()):
-            metadata_file = candidate / METADATA_FILE
-            if not metadata_file.is_file():
-                continue
-            try:
-                data = json.loads(metadata_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            found.append(
-                PackageInfo(str(data.get("name", candidate.name)), str(data.get("task", "?")), str(data.get("version", "?")), bool(data.get("untrained")), candidate)
-            )
+            info = read_package_info(candidate)
+            if info is not None:
+                found.append(info)
     return found
 
 
