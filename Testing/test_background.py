@@ -29,6 +29,7 @@ from CTExplainLib.background import (
     process_alive,
 )
 from CTExplainLib.loading import load_volume
+from CTExplainLib.models_catalog import DEFAULT_CLASSIFIER, read_package_info, resolve_package
 from CTExplainLib.pipeline import CaseResult
 from CTExplainLib.volume import Volume
 from CTExplainLib.writing import write_image
@@ -166,7 +167,7 @@ def test_background_explain_matches_the_command_line(small_ct, tmp_path):
     fractions = [f for _, f in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     outputs = job.outputs
-    assert outputs.heat_map_names() == ["demo finding A", "demo finding B", "demo finding C"]
+    assert outputs.heat_map_names() == list(read_package_info(resolve_package(DEFAULT_CLASSIFIER)).class_names)
     assert outputs.labels() is None
     # The same as the command line run on the file itself: the input went through a file exactly.
     assert cli.main(["explain", str(small_ct), "--out", str(tmp_path / "cli"), "--segmenter", "none",

@@ -9,6 +9,7 @@ import pytest
 
 from CTExplainLib.cli import main
 from CTExplainLib.errors import InputError
+from CTExplainLib.models_catalog import HEAD_CLASSIFIER, read_package_info, resolve_package
 from CTExplainLib.slice_labels import positive_slices, read_slice_labels
 
 
@@ -45,9 +46,10 @@ def test_cli_reports_energy_in_positive_slices(data_dir: Path, tmp_path: Path, c
     labels = ct_ich_labels(data_dir, tmp_path / "labels.csv")
     status = main(
         ["explain", str(data_dir / "ct-ich" / "brain" / "049"), "--out", str(tmp_path / "out"), "--spacing", "0.4", "0.4", "5",
-         "--slice-labels", str(labels), "--segmenter", "none", "--device", "cpu", "--no-progress"]
+         "--slice-labels", str(labels), "--model", HEAD_CLASSIFIER, "--segmenter", "none", "--device", "cpu", "--no-progress"]
     )
     assert status == 0, capsys.readouterr().err
     findings = json.loads((tmp_path / "out" / "049" / "result.json").read_text())["findings"]
     shares = [f["anatomy"]["energy_in_positive_slices"] for f in findings]
-    assert len(shares) == 3 and all(0.0 <= s <= 1.0 for s in shares)
+    assert len(shares) == len(read_package_info(resolve_package(HEAD_CLASSIFIER)).class_names)
+    assert all(0.0 <= s <= 1.0 for s in shares)
