@@ -70,7 +70,7 @@ class CTExplain(ScriptedLoadableModule):
             "TotalSegmentator's test fixtures (Wasserthal J. et al., Radiology: AI 2023, "
             "doi:10.1148/ryai.230024), Apache-2.0; its reference masks are TotalSegmentator's output. "
             "chest-ct-4class: Kaggle 'Chest CT-Scan images' (mohamedhanyyy), deduplicated. "
-            "covid-infection-2d: MedSeg COVID-19 CT segmentations as prepared by Inf-Net (Fan D.-P. "
+            "covid-infection-2d and covid-consolidation-2d: MedSeg COVID-19 CT segmentations as prepared by Inf-Net (Fan D.-P. "
             "et al., IEEE TMI 2020). The demo-* packages are UNTRAINED (random weights) and show the "
             "mechanics only. The sample CTs are TotalSegmentator's example_ct (Apache-2.0) and patient "
             "050 of CT-ICH (CC BY 4.0), rebuilt to HU from its JPEGs with an assumed 0.35 x 0.35 x 5 mm "

@@ -581,6 +581,9 @@ def test_module_description(env):
     assert "UNTRAINED" in parent.acknowledgementText  # of the demo packages
     for source in ("CT-ICH", "10.13026/w8q8-ky94", "CC BY 4.0", "Inf-Net", "Kaggle"):
         assert source in parent.acknowledgementText, source
+    shipped = [folder.name for folder in (REPO / "CTExplain" / "Resources" / "Models").iterdir() if folder.is_dir()]
+    for name in shipped:  # every shipped model's data is cited by the package's name
+        assert name in parent.acknowledgementText or name.startswith("demo-"), name
 
 
 # 6 (last: the self-test clears the scene)

@@ -22,7 +22,8 @@ child process (so each peak RSS is that case's own), and prints key=value lines 
     python bench/bench_pipeline.py [--model PKG] [--segmenter PKG] [--untrained-network DenseNet121]
                                    [--baseline-code DIR] [--repeat N]
 
-``--untrained-network`` builds, for the run, an untrained 18-class 3D classifier of that
+``--model`` and ``--segmenter`` default to what ``ctexplain explain`` runs (the shipped chest
+models). ``--untrained-network`` builds, for the run, an untrained 18-class 3D classifier of that
 registry network at 128x128x64 (the size of the CAM benchmark) instead of ``--model``.
 ``--baseline-code DIR`` also runs every case with the CTExplainLib of another checkout (e.g.
 ``mkdir DIR && git archive HEAD | tar -x -C DIR``), alternating with this one, and prints the
@@ -181,8 +182,10 @@ def report(prefix: str, runs: List[Dict[str, float]]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="demo-chest-classifier-untrained")
-    parser.add_argument("--segmenter", default="demo-chest-segmenter-untrained")
+    from CTExplainLib.models_catalog import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER  # light: no torch
+
+    parser.add_argument("--model", default=DEFAULT_CLASSIFIER, help="classifier package (default: ctexplain explain's)")
+    parser.add_argument("--segmenter", default=DEFAULT_SEGMENTER, help="segmenter package (default: ctexplain explain's)")
     parser.add_argument("--untrained-network", default=None, help="benchmark an untrained 18-class classifier of this registry network")
     parser.add_argument("--baseline-code", type=Path, default=None, help="also run each case with the CTExplainLib of this checkout, side by side")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case (and code); medians are printed")
