@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from CTExplainLib.classify import classify_and_explain, volume_score
+from CTExplainLib.classify import HEAT_MAP_STEPS, classify_and_explain, volume_score
 from CTExplainLib.demo_models import LUNG, SOFT_TISSUE, untrained_package
 from CTExplainLib.model_package import InputSpec, load_package
 from CTExplainLib.preprocess import preprocess
+from CTExplainLib.resample import resample_array
 from CTExplainLib.volume import Volume
 
 
@@ -38,6 +39,20 @@ def test_2d_model_runs_slice_by_slice(real_ct: Volume, tmp_path: Path) -> None:
     assert result.maps.max() == pytest.approx(1.0)  # scaled over the whole stack, not per slice
     per_slice_max = result.maps[0].reshape(slices, -1).max(axis=1)
     assert (per_slice_max < 0.999).any()
+
+
+def test_heat_maps_on_the_input_grid_are_rounded_to_steps(real_ct: Volume, tmp_path: Path) -> None:
+    spec = InputSpec(3, [SOFT_TISSUE], spacing=(6.0, 6.0, 6.0), size=(32, 32, 16), orientation="LPS")
+    model = load_package(untrained_package(tmp_path / "m", "m", "multilabel", "CompactCNN", ["a", "b"], spec, seed=5))
+    result = classify_and_explain(model, preprocess(real_ct, spec), "gradcam", torch.device("cpu"))
+    exact = resample_array(result.maps[0], result.feature_grid, real_ct.grid, "linear", 0.0)
+    heat = result.heat_map(0, real_ct.grid)
+    assert heat.dtype == np.float32 and heat.shape == real_ct.array.shape
+    steps = heat.astype(np.float64) * HEAT_MAP_STEPS
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # multiples of 1/HEAT_MAP_STEPS
+    assert np.abs(heat - exact).max() <= 0.5 / HEAT_MAP_STEPS + 1e-6
+    assert len(np.unique(heat)) > 100  # a map, not a handful of levels
+    assert heat.min() >= 0.0 and heat.max() <= 1.0 and np.all(heat[exact == 0] == 0)
 
 
 def test_multiclass_uses_softmax(real_ct: Volume, tmp_path: Path) -> None:

@@ -166,6 +166,7 @@ def analyse(
         model_input = preprocess(volume, classifier.metadata.input)
     with timer.stage("classify+explain"):
         classification = classify_and_explain(classifier, model_input, options.method, device)
+    del model_input  # not kept while the segmenter runs
     segmentation = None
     if segmenter is not None:
         segmentation = segment(segmenter, volume, device, timer.stage)

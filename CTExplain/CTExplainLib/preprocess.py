@@ -107,13 +107,17 @@ def channel_arrays(resampled: np.ndarray, spec: InputSpec, display_input: bool) 
     if display_input:
         # 8-bit display images already had a window applied when they were exported; only
         # rescaling is left, and every channel sees the same image.
-        scale = ScaleIntensityRange(a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True)
-        return np.stack([np.asarray(scale(resampled)) for _ in spec.channels]).astype(np.float32)
-    windows = [
-        ScaleIntensityRange(a_min=c.level - c.width / 2, a_max=c.level + c.width / 2, b_min=0.0, b_max=1.0, clip=True)
-        for c in spec.channels
-    ]
-    return np.stack([np.asarray(w(resampled)) for w in windows]).astype(np.float32)
+        windows = [ScaleIntensityRange(a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True)] * len(spec.channels)
+    else:
+        windows = [
+            ScaleIntensityRange(a_min=c.level - c.width / 2, a_max=c.level + c.width / 2, b_min=0.0, b_max=1.0, clip=True)
+            for c in spec.channels
+        ]
+    # Each channel written straight into the stack: no stacked copy next to it.
+    channels = np.empty((len(windows),) + resampled.shape, dtype=np.float32)
+    for channel, window in zip(channels, windows):
+        channel[...] = np.asarray(window(resampled))
+    return channels
 
 
 def preprocess(volume: Volume, spec: InputSpec, crop: bool = True) -> ModelInput:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, List
+from typing import Callable, ContextManager, List, Tuple
 
 import numpy as np
 import torch
@@ -32,24 +32,38 @@ class Segmentation:
     warnings: List[str] = field(default_factory=list)
 
 
-def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.device) -> np.ndarray:
-    """Softmax probabilities (segments, k, j, i) on the model grid."""
-    spec = model.metadata.input
-    network = model.network.to(device)
-    is_2d = spec.spatial_dims == 2
-    inputs = model_input.slices() if is_2d else model_input.batch()
-    # The package gives the window size as (i, j[, k]); tensors are indexed (k, j, i).
-    roi = tuple(reversed(spec.size)) if spec.size else tuple(inputs.shape[2:])
+SLICES_PER_PASS = 16  # 2D models: axial slices through the network at a time
+
+
+def _window_probabilities(network: torch.nn.Module, inputs: torch.Tensor, roi: tuple, sw_batch_size: int, device: torch.device) -> torch.Tensor:
+    """Softmax over segments of MONAI's sliding-window logits of a batch (N, C, ...), on the CPU."""
     with torch.no_grad(), autocast(device):
         logits = sliding_window_inference(
-            inputs.to(device), roi_size=roi, sw_batch_size=4 if is_2d else 1, predictor=network, overlap=SW_OVERLAP, mode="gaussian"
+            inputs.to(device), roi_size=roi, sw_batch_size=sw_batch_size, predictor=network, overlap=SW_OVERLAP, mode="gaussian"
         )
-    probabilities = torch.softmax(logits.float(), dim=1).cpu()
-    if is_2d:
-        probabilities = probabilities.permute(1, 0, 2, 3)  # (slices, segments, j, i) -> (segments, k, j, i)
-    else:
-        probabilities = probabilities[0]
-    return probabilities.numpy()
+    return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.device) -> np.ndarray:
+    """Softmax probabilities (segments, k, j, i) on the model grid."""
+    spec = model.metadata
+    network = model.network.to(device)
+    # The package gives the window size as (i, j[, k]); tensors are indexed (k, j, i).
+    spatial = tuple(model_input.tensor.shape[1:]) if spec.input.spatial_dims == 3 else tuple(model_input.tensor.shape[2:])
+    roi = tuple(reversed(spec.input.size)) if spec.input.size else spatial
+    if spec.input.spatial_dims == 3:
+        return _window_probabilities(network, model_input.batch(), roi, 1, device)[0].numpy()
+    # 2D: a few slices at a time into one (k, segments, j, i) array, so that neither the whole
+    # CT as a batch of slices nor its logits are held next to the probabilities; each pass is
+    # one contiguous copy, and the (segments, k, j, i) view of the result costs nothing.
+    tensor = model_input.tensor
+    slices = tensor.shape[1]
+    probabilities = np.empty((slices, len(spec.classes)) + tuple(tensor.shape[2:]), dtype=np.float32)
+    for start in range(0, slices, SLICES_PER_PASS):
+        stop = min(start + SLICES_PER_PASS, slices)
+        slab = tensor[:, start:stop].permute(1, 0, 2, 3).contiguous()  # (slices, channels, j, i)
+        probabilities[start:stop] = _window_probabilities(network, slab, roi, 4, device).numpy()
+    return probabilities.transpose(1, 0, 2, 3)
 
 
 def labels_on_grid(probabilities: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
@@ -97,6 +111,19 @@ def _no_stage(name: str) -> ContextManager[None]:
     return contextlib.nullcontext()
 
 
+def _model_grid_probabilities(
+    model: LoadedModel, volume: Volume, device: torch.device, stage: Callable[[str], ContextManager[None]], warnings: List[str]
+) -> Tuple[np.ndarray, Grid]:
+    """The probabilities on the model grid, and that grid; the network input dies on return,
+    so it is not held next to the full-size label map."""
+    with stage("preprocess"):
+        model_input = preprocess(volume, model.metadata.input, crop=False)
+    warnings.extend(model_input.warnings)
+    with stage("segment"):
+        probabilities = with_cpu_fallback(lambda d: _probabilities(model, model_input, d), device, warnings)
+    return probabilities, model_input.grid
+
+
 def segment(model: LoadedModel, volume: Volume, device: torch.device, stage: Callable[[str], ContextManager[None]] = _no_stage) -> Segmentation:
     """Label map of ``volume`` on its own grid; ``stage`` times "preprocess" (the CT onto the
     model grid), "segment" (the network's sliding-window inference) and "map labels"
@@ -104,12 +131,9 @@ def segment(model: LoadedModel, volume: Volume, device: torch.device, stage: Cal
     metadata = model.metadata
     if metadata.task != "segmentation":
         raise ValueError(f"{model.path}: is a {metadata.task} classifier, not a segmentation model")
-    with stage("preprocess"):
-        model_input = preprocess(volume, metadata.input, crop=False)
-    warnings: List[str] = list(model_input.warnings)
-    with stage("segment"):
-        probabilities = with_cpu_fallback(lambda d: _probabilities(model, model_input, d), device, warnings)
+    warnings: List[str] = []
+    probabilities, grid = _model_grid_probabilities(model, volume, device, stage, warnings)
     with stage("map labels"):
-        labels = labels_on_grid(probabilities, model_input.grid, volume.grid)
+        labels = labels_on_grid(probabilities, grid, volume.grid)
     segments = [SegmentInfo(index, c.name, tuple(c.color)) for index, c in enumerate(metadata.classes) if index > 0]
     return Segmentation(volume.with_array(labels, kind="labels", model=metadata.name), segments, warnings)
