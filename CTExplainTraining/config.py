@@ -41,6 +41,7 @@ class TrainConfig:
     size: Optional[List[int]] = None
     orientation: str = "LPS"
     resize: str = "crop"  # "fit" for images without a physical scale (screenshots)
+    normalise: str = "none"  # "image": zero mean, unit variance per image (see the core's InputSpec)
     image_spacing: Optional[List[float]] = None  # for inputs without geometry (2D images)
     # Segmentation: training patches on the model grid, (i, j[, k]) voxels.
     patch_size: Optional[List[int]] = None
@@ -95,6 +96,7 @@ class TrainConfig:
             "orientation": self.orientation,
             "intensity": self.intensity,
             "resize": self.resize,
+            "normalise": self.normalise,
         }
         return parse_input_spec(data, Path(str(self.manifest)))
 

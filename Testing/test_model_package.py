@@ -105,6 +105,16 @@ def test_bad_orientation_code(classifier_dir: Path, tmp_path: Path) -> None:
         load_package(target)
 
 
+def test_input_normalisation_is_read_and_checked(classifier_dir: Path, tmp_path: Path) -> None:
+    assert load_package(classifier_dir).metadata.input.normalise == "none"  # packages without the key
+    data = json.loads((classifier_dir / METADATA_FILE).read_text())
+    data["input"]["normalise"] = "image"
+    assert load_package(edit_metadata(classifier_dir, tmp_path / "image", input=data["input"])).metadata.input.normalise == "image"
+    data["input"]["normalise"] = "zscore"
+    with pytest.raises(ModelPackageError, match="normalise must be one of none, image"):
+        load_package(edit_metadata(classifier_dir, tmp_path / "bad", input=data["input"]))
+
+
 def make_bundle(folder: Path, weights_only: bool = True) -> Path:
     network_def = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
     (folder / "configs").mkdir(parents=True)

@@ -103,3 +103,19 @@ def test_fit_scales_the_whole_image_into_the_size(data_dir) -> None:
     assert abs(covered_rows - 64 * rows / longest) <= 1.5 and abs(covered_columns - 64 * columns / longest) <= 1.5
     cropped = preprocess(volume, InputSpec(2, spec.channels, size=(64, 64), intensity="display")).tensor[0, 0].numpy()
     assert (cropped > 0.5).all()  # the crop policy would have cut out a 64-pixel window instead
+
+
+def test_image_normalisation_removes_brightness_and_contrast_per_slice(data_dir) -> None:
+    """With ``normalise: image`` a slice and a brighter, flatter copy of it give one input."""
+    from CTExplainLib.loading import load_volume
+
+    path = next(iter(sorted((data_dir / "chest-ct-4class" / "train" / "normal").iterdir())))
+    slice_ = load_volume(path, image_spacing=(1.0, 1.0, 1.0)).array[0].astype(np.float32)
+    grid = Grid((slice_.shape[1], slice_.shape[0], 2), (1.0, 1.0, 1.0), (0, 0, 0))
+    volume = Volume(np.stack([slice_, 0.6 * slice_ + 40.0]), grid, metadata={"intensity": "display"})
+    display = [ChannelSpec("display", 127.5, 255.0)]
+    tensor = preprocess(volume, InputSpec(2, display, intensity="display", normalise="image")).tensor.numpy()
+    np.testing.assert_allclose(tensor[0, 0], tensor[0, 1], atol=1e-4)
+    assert abs(float(tensor[0, 1].mean())) < 1e-4 and float(tensor[0, 1].std()) == pytest.approx(1.0, abs=1e-3)
+    plain = preprocess(volume, InputSpec(2, display, intensity="display")).tensor.numpy()
+    assert np.abs(plain[0, 0] - plain[0, 1]).max() > 0.1  # without it the two slices differ

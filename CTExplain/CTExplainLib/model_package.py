@@ -25,6 +25,7 @@ FORMAT = "ctexplain-model/1"
 TASKS = ("binary", "multiclass", "multilabel", "segmentation")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 RESIZE_POLICIES = ("crop", "fit")
+NORMALISE_POLICIES = ("none", "image")
 ORIENTATION_LETTERS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
 
 
@@ -51,6 +52,10 @@ class InputSpec:
     # "fit" scales the whole in-plane extent into ``size`` (one spacing for i and j, the
     # aspect ratio kept, padded), for images without a physical scale such as screenshots.
     resize: str = "crop"
+    # "image": after the windows, each image (each slice for 2D models) is brought to zero mean
+    # and unit variance per channel, for screenshots whose brightness and contrast vary with
+    # their source rather than with the tissue.
+    normalise: str = "none"
 
 
 @dataclass
@@ -140,6 +145,9 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
     resize = str(data.get("resize", "crop"))
     if resize not in RESIZE_POLICIES:
         raise ModelPackageError(path, f"input resize must be one of {', '.join(RESIZE_POLICIES)}, got {resize!r}")
+    normalise = str(data.get("normalise", "none"))
+    if normalise not in NORMALISE_POLICIES:
+        raise ModelPackageError(path, f"input normalise must be one of {', '.join(NORMALISE_POLICIES)}, got {normalise!r}")
     size = _tuple_or_none(data.get("size"), dims, path, "size", int)
     if resize == "fit" and size is None:
         raise ModelPackageError(path, "input resize 'fit' needs a size")
@@ -151,6 +159,7 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
         orientation=_check_orientation(data.get("orientation", "LPS"), path),
         intensity=intensity,
         resize=resize,
+        normalise=normalise,
     )
 
 

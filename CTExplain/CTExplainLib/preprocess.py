@@ -15,7 +15,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.transforms import ScaleIntensityRange
+from monai.transforms import NormalizeIntensity, ScaleIntensityRange
 
 from .model_package import InputSpec
 from .resample import resample_array
@@ -120,6 +120,16 @@ def channel_arrays(resampled: np.ndarray, spec: InputSpec, display_input: bool) 
     return channels
 
 
+def normalise_images(channels: np.ndarray, spatial_dims: int) -> np.ndarray:
+    """Zero mean, unit variance per channel of each image, in place: per axial slice for 2D
+    models (each slice is one network input), over the volume for 3D ones."""
+    normalise = NormalizeIntensity(channel_wise=True)
+    images = [channels[:, k] for k in range(channels.shape[1])] if spatial_dims == 2 else [channels]
+    for image in images:
+        image[...] = np.asarray(normalise(image))
+    return channels
+
+
 def preprocess(volume: Volume, spec: InputSpec, crop: bool = True) -> ModelInput:
     """Resample ``volume`` onto its model grid and turn it into the network's channels."""
     warnings: List[str] = []
@@ -135,6 +145,8 @@ def preprocess(volume: Volume, spec: InputSpec, crop: bool = True) -> ModelInput
     fill = 0.0 if display_input else AIR_HU
     resampled = resample_array(volume.array, volume.grid, grid, "linear", fill)
     channels = channel_arrays(resampled, spec, display_input)
+    if spec.normalise == "image":
+        normalise_images(channels, spec.spatial_dims)
     for warning in warnings:
         LOG.warning(warning)
     return ModelInput(torch.from_numpy(channels), grid, warnings)
