@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,9 +34,9 @@ class ModelInput:
     grid: Grid
     warnings: List[str] = field(default_factory=list)
 
-    def slices(self) -> torch.Tensor:
-        """The input as a batch of axial slices (k, channels, j, i), for 2D networks."""
-        return self.tensor.permute(1, 0, 2, 3).contiguous()
+    def slices(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+        """Axial slices [start, stop) of the input as a batch (k, channels, j, i), for 2D networks."""
+        return self.tensor[:, start:stop].permute(1, 0, 2, 3).contiguous()
 
     def batch(self) -> torch.Tensor:
         """The input as a batch of one volume (1, channels, k, j, i), for 3D networks."""

@@ -46,23 +46,21 @@ def _window_probabilities(network: torch.nn.Module, inputs: torch.Tensor, roi: t
 
 def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.device) -> np.ndarray:
     """Softmax probabilities (segments, k, j, i) on the model grid."""
-    spec = model.metadata
+    metadata = model.metadata
     network = model.network.to(device)
     # The package gives the window size as (i, j[, k]); tensors are indexed (k, j, i).
-    spatial = tuple(model_input.tensor.shape[1:]) if spec.input.spatial_dims == 3 else tuple(model_input.tensor.shape[2:])
-    roi = tuple(reversed(spec.input.size)) if spec.input.size else spatial
-    if spec.input.spatial_dims == 3:
+    spatial = tuple(model_input.tensor.shape[-metadata.input.spatial_dims:])
+    roi = tuple(reversed(metadata.input.size)) if metadata.input.size else spatial
+    if metadata.input.spatial_dims == 3:
         return _window_probabilities(network, model_input.batch(), roi, 1, device)[0].numpy()
     # 2D: a few slices at a time into one (k, segments, j, i) array, so that neither the whole
     # CT as a batch of slices nor its logits are held next to the probabilities; each pass is
     # one contiguous copy, and the (segments, k, j, i) view of the result costs nothing.
-    tensor = model_input.tensor
-    slices = tensor.shape[1]
-    probabilities = np.empty((slices, len(spec.classes)) + tuple(tensor.shape[2:]), dtype=np.float32)
+    slices = model_input.tensor.shape[1]
+    probabilities = np.empty((slices, len(metadata.classes)) + tuple(model_input.tensor.shape[2:]), dtype=np.float32)
     for start in range(0, slices, SLICES_PER_PASS):
         stop = min(start + SLICES_PER_PASS, slices)
-        slab = tensor[:, start:stop].permute(1, 0, 2, 3).contiguous()  # (slices, channels, j, i)
-        probabilities[start:stop] = _window_probabilities(network, slab, roi, 4, device).numpy()
+        probabilities[start:stop] = _window_probabilities(network, model_input.slices(start, stop), roi, 4, device).numpy()
     return probabilities.transpose(1, 0, 2, 3)
 
 
