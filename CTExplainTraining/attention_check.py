@@ -19,7 +19,6 @@ package when given, else ``--lesion-labels`` (default: every non-zero label is l
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -42,7 +41,8 @@ from CTExplainLib.volume import Volume
 from CTExplainLib.writing import write_json, write_png
 
 from .data import read_mask
-from .overlays import DISPLAY_WINDOW
+from .manifest import Example, read_manifest
+from .overlays import picture_window
 
 LESION = "lesion"
 
@@ -66,18 +66,12 @@ def lesion_share(heat: np.ndarray, labels: np.ndarray, lesion_labels: Sequence[i
     return cam_energy_by_segment(heat, lesion, {1: LESION})[LESION]
 
 
-def manifest_rows(path: Path, split: Optional[str]) -> List[Dict[str, str]]:
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    missing = {"image", "mask"} - set(rows[0] if rows else {})
-    if missing:
-        raise InputError(path, f"has no {' or '.join(sorted(missing))} column")
-    chosen = [row for row in rows if split is None or row.get("split", "").strip() == split]
+def manifest_cases(path: Path, split: Optional[str]) -> List[Example]:
+    """The image + mask rows of a manifest (of ``split`` if given), read and checked as for training."""
+    examples = read_manifest(path, "segmentation", classes=("background", LESION)).examples
+    chosen = [example for example in examples if split is None or example.split == split]
     if not chosen:
         raise InputError(path, f"has no rows{f' in split {split!r}' if split else ''}")
-    for row in chosen:
-        for column in ("image", "mask"):
-            row[column] = str((path.parent / row[column]).resolve())
     return chosen
 
 
@@ -113,8 +107,8 @@ def summarise(cases: Sequence[CaseAttention]) -> Dict[str, Optional[float]]:
     }
 
 
-def _save_picture(volume: Volume, heat: np.ndarray, reference: np.ndarray, title: str, path: Path) -> None:
-    window = DISPLAY_WINDOW if volume.metadata.get("intensity") == "display" else (40.0, 400.0)
+def _save_picture(classifier: LoadedModel, volume: Volume, heat: np.ndarray, reference: np.ndarray, title: str, path: Path) -> None:
+    window = picture_window(classifier, volume.metadata.get("intensity"))
     write_png(finding_montage(volume, heat, reference, title, slices=1, window=window, radiological=True), path)
 
 
@@ -140,16 +134,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit(f"error: {args.model}: has no class {finding!r} (classes: {', '.join(names)})")
     segmenter = load_package(resolve_package(args.segmenter), device) if args.segmenter else None
     cases: List[CaseAttention] = []
-    for row in manifest_rows(args.manifest, args.split):
-        volume = load_volume(Path(row["image"]), image_spacing=tuple(args.image_spacing) if args.image_spacing else None)
-        reference = read_mask(Path(row["mask"]), volume).array
+    for example in manifest_cases(args.manifest, args.split):
+        volume = load_volume(example.image, image_spacing=tuple(args.image_spacing) if args.image_spacing else None)
+        reference = read_mask(example.mask, volume).array
         lesion_labels = args.lesion_labels or [int(v) for v in np.unique(reference) if v != 0]
         case, heat, _ = check_case(classifier, names.index(finding), volume, reference, lesion_labels, device, segmenter, args.method)
         cases.append(case)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            title = f"{Path(row['image']).name}: {finding} p={case.probability:.2f}, CAM in lesion {case.cam_in_lesion:.0%} (area {case.lesion_area:.0%})"
-            _save_picture(volume, heat, reference, title, args.out / f"{Path(row['image']).stem}.png")
+            title = f"{example.image.name}: {finding} p={case.probability:.2f}, CAM in lesion {case.cam_in_lesion:.0%} (area {case.lesion_area:.0%})"
+            _save_picture(classifier, volume, heat, reference, title, args.out / f"{example.image.stem}.png")
     report = {"model": str(args.model), "finding": finding, "method": args.method, "summary": summarise(cases),
               "cases": [dict(asdict(c), lift=c.lift) for c in cases]}
     if args.out:

@@ -20,7 +20,9 @@ LOG = logging.getLogger(__name__)
 DISPLAY_WINDOW = (127.5, 255.0)
 
 
-def _window(model: LoadedModel, intensity: Optional[str]) -> Tuple[float, float]:
+def picture_window(model: LoadedModel, intensity: Optional[str]) -> Tuple[float, float]:
+    """The (level, width) a picture of the model's input is shown with: the display range for
+    8-bit images, else the model's first window."""
     if intensity == "display":
         return DISPLAY_WINDOW
     channel = model.metadata.input.channels[0]
@@ -46,7 +48,7 @@ def cam_overlays(
         heat = classification.heat_map(index, volume.grid)
         truth = "positive" if index in positives else "negative"
         title = f"{image.name}: {names[index]} p={classification.probabilities[index]:.2f} (reference {truth})"
-        window = _window(model, volume.metadata.get("intensity"))
+        window = picture_window(model, volume.metadata.get("intensity"))
         slices = min(3, volume.array.shape[0])
         pictures.append((title, finding_montage(volume, heat, None, title, slices=slices, window=window, radiological=True)))
     return pictures
