@@ -676,29 +676,13 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _fillTable(table, findings: Sequence[Dict[str, Any]]) -> None:
-        """One row per finding: name, probability, where its map lies, and the share of its CAM
-        energy in each region ("CAM in <segment>", "CAM in background", "CAM in outside_body")."""
-        columns = [("Finding", vtk.vtkStringArray()), ("Probability", vtk.vtkDoubleArray()),
-                   ("Dominant region", vtk.vtkStringArray()), ("Peak region", vtk.vtkStringArray()),
-                   ("Peak RAS", vtk.vtkStringArray())]
-        regions: List[str] = []
-        for finding in findings:
-            for region in (finding.get("anatomy") or {}).get("energy_by_segment", {}):
-                if region not in regions:
-                    regions.append(region)
-        energyColumns = [(f"CAM in {region}", vtk.vtkDoubleArray()) for region in regions]
-        for finding in findings:
-            stats = finding.get("anatomy") or {}
-            lps = stats.get("peak_lps")
-            peak = "" if lps is None else "%.1f, %.1f, %.1f" % (-lps[0], -lps[1], lps[2])  # LPS -> RAS
-            values = [finding["name"], float(finding["probability"]), stats.get("dominant_segment") or "",
-                      stats.get("peak_segment") or "", peak]
-            for (_, column), value in zip(columns, values):
+        """The columns of ``CTExplainLib.findings_table`` as VTK arrays of ``table``."""
+        from CTExplainLib.findings_table import findings_table
+
+        for title, kind, values in findings_table(findings):
+            column = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
+            for value in values:
                 column.InsertNextValue(value)
-            energy = stats.get("energy_by_segment", {})
-            for region, (_, column) in zip(regions, energyColumns):
-                column.InsertNextValue(float(energy.get(region, float("nan"))))
-        for title, column in columns + energyColumns:
             column.SetName(title)
             table.AddColumn(column)
 

@@ -1,0 +1,30 @@
+"""The findings table the Slicer module shows: its columns, from the findings of ``result.json``."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Tuple
+
+TableColumn = Tuple[str, str, List[Any]]  # (title, "string" or "double", one value per finding)
+
+
+def findings_table(findings: Sequence[Dict[str, Any]]) -> List[TableColumn]:
+    """One row per finding: name, probability, where its map lies, and the share of its CAM
+    energy in each region ("CAM in <segment>", "CAM in background", "CAM in outside_body";
+    NaN where a finding has no share for a region)."""
+    regions: List[str] = []
+    for finding in findings:
+        for region in (finding.get("anatomy") or {}).get("energy_by_segment", {}):
+            if region not in regions:
+                regions.append(region)
+    columns: List[TableColumn] = [("Finding", "string", []), ("Probability", "double", []), ("Dominant region", "string", []),
+                                  ("Peak region", "string", []), ("Peak RAS", "string", [])]
+    columns += [(f"CAM in {region}", "double", []) for region in regions]
+    for finding in findings:
+        stats = finding.get("anatomy") or {}
+        lps = stats.get("peak_lps")
+        peak = "" if lps is None else "%.1f, %.1f, %.1f" % (-lps[0], -lps[1], lps[2])  # LPS -> RAS
+        energy = stats.get("energy_by_segment", {})
+        values = [finding["name"], float(finding["probability"]), stats.get("dominant_segment") or "",
+                  stats.get("peak_segment") or "", peak] + [float(energy.get(region, float("nan"))) for region in regions]
+        for (_, _, column), value in zip(columns, values):
+            column.append(value)
+    return columns
