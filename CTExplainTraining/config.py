@@ -40,8 +40,8 @@ class TrainConfig:
     spacing: Optional[List[float]] = None
     size: Optional[List[int]] = None
     orientation: str = "LPS"
-    resize: str = "crop"  # "fit" for images without a physical scale (screenshots)
-    normalise: str = "none"  # "image": zero mean, unit variance per image (see the core's InputSpec)
+    resize: str = "crop"  # "fit" / "fit_body" for images without a physical scale (screenshots; see the core's InputSpec)
+    normalise: str = "none"  # "image": zero mean, unit variance per image; "histogram": equalised (see the core's InputSpec)
     image_spacing: Optional[List[float]] = None  # for inputs without geometry (2D images)
     # Segmentation: training patches on the model grid, (i, j[, k]) voxels.
     patch_size: Optional[List[int]] = None

@@ -119,3 +119,61 @@ def test_image_normalisation_removes_brightness_and_contrast_per_slice(data_dir)
     assert abs(float(tensor[0, 1].mean())) < 1e-4 and float(tensor[0, 1].std()) == pytest.approx(1.0, abs=1e-3)
     plain = preprocess(volume, InputSpec(2, display, intensity="display")).tensor.numpy()
     assert np.abs(plain[0, 0] - plain[0, 1]).max() > 0.1  # without it the two slices differ
+
+
+def _display_slice(data_dir, split: str, label: str) -> np.ndarray:
+    from CTExplainLib.loading import load_volume
+
+    path = next(iter(sorted((data_dir / "chest-ct-4class" / split / label).iterdir())))
+    return load_volume(path, image_spacing=(1.0, 1.0, 1.0)).array[0].astype(np.float32)
+
+
+def _display_volume(*slices: np.ndarray) -> Volume:
+    rows, columns = slices[0].shape
+    return Volume(np.stack(slices), Grid((columns, rows, len(slices)), (1.0, 1.0, 1.0), (0, 0, 0)), metadata={"intensity": "display"})
+
+
+def test_fit_body_frames_the_body_whatever_the_margin(data_dir) -> None:
+    """The chest screenshots of one source show the body with wide black margins, of another
+    with none: ``fit_body`` gives the network the same picture for both, ``fit`` does not."""
+    slice_ = _display_slice(data_dir, "train", "adenocarcinoma")
+    margined = np.pad(slice_, ((60, 90), (120, 40)))  # black, off-centre
+    display = [ChannelSpec("display", 127.5, 255.0)]
+
+    def network_input(image: np.ndarray, resize: str) -> np.ndarray:
+        spec = InputSpec(2, display, size=(96, 96), intensity="display", resize=resize)
+        return preprocess(_display_volume(image), spec).tensor[0, 0].numpy()
+
+    assert np.abs(network_input(slice_, "fit_body") - network_input(margined, "fit_body")).mean() < 0.01
+    assert np.abs(network_input(slice_, "fit") - network_input(margined, "fit")).mean() > 0.1
+
+
+def test_body_box_of_a_ct_holds_the_body_and_keeps_the_grid(real_ct: Volume) -> None:
+    from CTExplainLib.anatomy import body_mask
+    from CTExplainLib.preprocess import body_box
+
+    box = body_box(real_ct, display_input=False)
+    body = body_mask(real_ct)
+    j, i = np.flatnonzero(body.any(axis=(0, 2))), np.flatnonzero(body.any(axis=(0, 1)))
+    start = np.rint(real_ct.grid.point_to_index(box.origin)).astype(int)
+    assert start[2] == 0 and box.size[2] == real_ct.grid.size[2] and box.spacing == real_ct.grid.spacing
+    # The box starts at or before the body and ends at or after it, on the input's own voxels.
+    assert start[0] <= i[0] and start[1] <= j[0]
+    assert start[0] + box.size[0] > i[-1] and start[1] + box.size[1] > j[-1]
+    assert box.size[0] < real_ct.grid.size[0] or box.size[1] < real_ct.grid.size[1]  # air around it is cut off
+
+
+def test_histogram_normalisation_undoes_a_contrast_curve(data_dir) -> None:
+    """Screenshots exported with another window or gamma: equalised, a slice and its re-curved
+    copy give one input, where per-image standardisation does not."""
+    slice_ = _display_slice(data_dir, "train", "normal")
+    recurved = 255.0 * (slice_ / 255.0) ** 0.5  # monotone: the same ranks, another curve
+    volume = _display_volume(slice_, recurved)
+    display = [ChannelSpec("display", 127.5, 255.0)]
+
+    def difference(normalise: str) -> float:
+        tensor = preprocess(volume, InputSpec(2, display, intensity="display", normalise=normalise)).tensor.numpy()
+        return float(np.abs(tensor[0, 0] - tensor[0, 1]).mean())
+
+    assert difference("histogram") < 0.01
+    assert difference("image") > 0.05

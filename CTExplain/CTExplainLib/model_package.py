@@ -24,8 +24,9 @@ from .package_files import METADATA_FILE, WEIGHTS_FILE
 FORMAT = "ctexplain-model/1"
 TASKS = ("binary", "multiclass", "multilabel", "segmentation")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
-RESIZE_POLICIES = ("crop", "fit")
-NORMALISE_POLICIES = ("none", "image")
+RESIZE_POLICIES = ("crop", "fit", "fit_body")
+FIT_POLICIES = ("fit", "fit_body")
+NORMALISE_POLICIES = ("none", "image", "histogram")
 ORIENTATION_LETTERS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
 
 
@@ -50,11 +51,14 @@ class InputSpec:
     intensity: str = "hu"  # "hu", or "display" for models trained on 8-bit windowed images
     # How the input meets ``size``: "crop" centres it at ``spacing`` and crops or pads;
     # "fit" scales the whole in-plane extent into ``size`` (one spacing for i and j, the
-    # aspect ratio kept, padded), for images without a physical scale such as screenshots.
+    # aspect ratio kept, padded), for images without a physical scale such as screenshots;
+    # "fit_body" fits the in-plane box around the body instead (voxels above -500 HU, or above
+    # a tenth of the display range), for screenshots whose margins around the body vary.
     resize: str = "crop"
     # "image": after the windows, each image (each slice for 2D models) is brought to zero mean
     # and unit variance per channel, for screenshots whose brightness and contrast vary with
-    # their source rather than with the tissue.
+    # their source rather than with the tissue. "histogram": each image's histogram is
+    # equalised instead (MONAI's HistogramNormalize), which also undoes differing contrast curves.
     normalise: str = "none"
 
 
@@ -149,8 +153,8 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
     if normalise not in NORMALISE_POLICIES:
         raise ModelPackageError(path, f"input normalise must be one of {', '.join(NORMALISE_POLICIES)}, got {normalise!r}")
     size = _tuple_or_none(data.get("size"), dims, path, "size", int)
-    if resize == "fit" and size is None:
-        raise ModelPackageError(path, "input resize 'fit' needs a size")
+    if resize in FIT_POLICIES and size is None:
+        raise ModelPackageError(path, f"input resize {resize!r} needs a size")
     return InputSpec(
         spatial_dims=dims,
         channels=channels,

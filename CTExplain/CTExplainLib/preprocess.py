@@ -15,15 +15,17 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.transforms import NormalizeIntensity, ScaleIntensityRange
+from monai.transforms import HistogramNormalize, NormalizeIntensity, ScaleIntensityRange
 
-from .model_package import InputSpec
+from .model_package import FIT_POLICIES, InputSpec
 from .resample import resample_array
 from .volume import Grid, Volume
 
 LOG = logging.getLogger(__name__)
 
 AIR_HU = -1024.0
+BODY_ABOVE_HU = -500.0
+DISPLAY_BODY_ABOVE = 25.5  # a tenth of 0-255
 
 
 @dataclass
@@ -76,7 +78,7 @@ def model_grid(input_grid: Grid, spec: InputSpec, crop: bool = True) -> Grid:
     if spec.spacing is not None:
         spacing[: spec.spatial_dims] = spec.spacing
     low, high = _extent_in_frame(input_grid, direction)
-    if spec.resize == "fit" and crop:
+    if spec.resize in FIT_POLICIES and crop:
         # The whole in-plane extent (voxel edges included) fits the size, one scale for i and j.
         edges = high - low + native
         in_plane = slice(0, 2)
@@ -120,14 +122,36 @@ def channel_arrays(resampled: np.ndarray, spec: InputSpec, display_input: bool) 
     return channels
 
 
-def normalise_images(channels: np.ndarray, spatial_dims: int) -> np.ndarray:
-    """Zero mean, unit variance per channel of each image, in place: per axial slice for 2D
-    models (each slice is one network input), over the volume for 3D ones."""
-    normalise = NormalizeIntensity(channel_wise=True)
+def normalise_images(channels: np.ndarray, spatial_dims: int, policy: str = "image") -> np.ndarray:
+    """Each image's intensities brought to a common scale, in place, per axial slice for 2D
+    models (each slice is one network input), over the volume for 3D ones: "image", zero mean
+    and unit variance per channel; "histogram", each channel's histogram equalised to [0, 1]."""
+    normalise = _equalise_channels if policy == "histogram" else NormalizeIntensity(channel_wise=True)
     images = [channels[:, k] for k in range(channels.shape[1])] if spatial_dims == 2 else [channels]
     for image in images:
         image[...] = np.asarray(normalise(image))
     return channels
+
+
+def _equalise_channels(image: np.ndarray) -> np.ndarray:
+    equalise = HistogramNormalize(num_bins=256, min=0, max=1)
+    return np.stack([np.asarray(equalise(channel)) for channel in image])
+
+
+def body_box(volume: Volume, display_input: bool) -> Grid:
+    """The input grid cut in-plane to the box around the body on any slice: voxels above
+    BODY_ABOVE_HU, or above a tenth of the display range for 8-bit display images."""
+    threshold = DISPLAY_BODY_ABOVE if display_input else BODY_ABOVE_HU
+    rows = np.zeros(volume.array.shape[1], dtype=bool)  # j
+    columns = np.zeros(volume.array.shape[2], dtype=bool)  # i
+    for section in volume.array:  # slice by slice: no full-size mask
+        body = section > threshold
+        rows |= body.any(axis=1)
+        columns |= body.any(axis=0)
+    if not rows.any():
+        return volume.grid
+    (i0, i1), (j0, j1) = (np.flatnonzero(columns)[[0, -1]], np.flatnonzero(rows)[[0, -1]])
+    return volume.grid.box((i0, j0, 0), (i1 + 1, j1 + 1, volume.grid.size[2]))
 
 
 def preprocess(volume: Volume, spec: InputSpec, crop: bool = True) -> ModelInput:
@@ -141,12 +165,13 @@ def preprocess(volume: Volume, spec: InputSpec, crop: bool = True) -> ModelInput
         )
     if not display_input and volume.metadata.get("modality") not in (None, "CT"):
         warnings.append(f"modality is {volume.metadata.get('modality')}, not CT: HU windows may not apply")
-    grid = model_grid(volume.grid, spec, crop)
+    extent = body_box(volume, display_input) if spec.resize == "fit_body" and crop else volume.grid
+    grid = model_grid(extent, spec, crop)
     fill = 0.0 if display_input else AIR_HU
     resampled = resample_array(volume.array, volume.grid, grid, "linear", fill)
     channels = channel_arrays(resampled, spec, display_input)
-    if spec.normalise == "image":
-        normalise_images(channels, spec.spatial_dims)
+    if spec.normalise != "none":
+        normalise_images(channels, spec.spatial_dims, spec.normalise)
     for warning in warnings:
         LOG.warning(warning)
     return ModelInput(torch.from_numpy(channels), grid, warnings)

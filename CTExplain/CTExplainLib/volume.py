@@ -88,8 +88,12 @@ class Grid:
 
     def slab(self, start: int, stop: int) -> "Grid":
         """The part of this grid made of slices k in [start, stop)."""
-        size = (self.size[0], self.size[1], stop - start)
-        return Grid(size, self.spacing, tuple(self.index_to_point((0, 0, start))), self.direction)
+        return self.box((0, 0, start), (self.size[0], self.size[1], stop))
+
+    def box(self, start: Sequence[int], stop: Sequence[int]) -> "Grid":
+        """The part of this grid made of voxels (i, j, k) with start <= (i, j, k) < stop."""
+        size = tuple(int(b) - int(a) for a, b in zip(start, stop))
+        return Grid(size, self.spacing, tuple(self.index_to_point(start)), self.direction)
 
     def is_left_handed(self) -> bool:
         return bool(np.linalg.det(self.direction) < 0)

@@ -1,16 +1,25 @@
-"""Lungs to learn from: LIDC-IDRI-0001's chest above the lung bases, labelled by the threshold
-lung mask of :mod:`CTExplainTraining.lung_check`, added to a segmentation manifest.
+"""Lungs to learn from: LIDC-IDRI-0001's chest, labelled by the threshold lung mask of
+:mod:`CTExplainTraining.lung_check`, added to a segmentation manifest.
 
 TotalSegmentator's fixtures hold lungs in one case only (the lung bases of ``example_ct_sm``),
 so a U-Net trained on them cannot learn lungs and be tested on lungs it did not see. LIDC-IDRI
-0001 is a whole chest; its lungs are the threshold mask with the vessels inside them filled in. Its slices from where the lungs first reach 95% of their largest
-cross-section upwards are kept: there the threshold mask is the lungs (and main airways), and
-no liver or other abdominal organ that the mask would call background is in view. Those
-slices are added for training under the lungs' label, and the case ``--test`` of the given
-manifest becomes the held-out test case (all others train).
+0001 is a whole chest; its lungs are the threshold mask with the vessels inside them filled in.
+The case ``--test`` of the given manifest becomes the held-out test case (all others train).
+
+The threshold mask knows the lungs but no other organ, so which slices are kept depends on the
+manifest's other labels:
+
+* by default, only the slices from where the lungs first reach 95% of their largest
+  cross-section upwards: there no liver or other abdominal organ that the mask would call
+  background is in view. The lung bases, where the lungs meet the diaphragm and the liver,
+  are then never seen in training.
+* with ``--liver-from PACKAGE``, the whole series, bases included, with the liver labelled by
+  that segmenter (its largest connected liver, outside the lungs): pseudo-labels, one round
+  of self-training, so say so wherever a Dice is quoted.
 
     python -m CTExplainTraining.datasets.lidc_lungs ../shared/data/lidc-idri-0001 \\
-        build/totalsegmentator-lungs-liver/manifest.csv build/chest-lungs-liver --test example_ct_sm
+        build/totalsegmentator-lungs-liver/manifest.csv build/chest-lungs-liver --test example_ct_sm \\
+        [--liver-from CTExplain/Resources/Models/chest-ct-segmenter]
 """
 from __future__ import annotations
 
@@ -22,8 +31,11 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from CTExplainLib.devices import resolve_device
 from CTExplainLib.errors import InputError
 from CTExplainLib.loading import load_volume
+from CTExplainLib.model_package import load_package
+from CTExplainLib.segment import segment
 from CTExplainLib.volume import Volume
 from CTExplainLib.writing import write_image, write_label_map
 
@@ -60,28 +72,59 @@ def slices_above_the_bases(lungs: np.ndarray, superior_is_up: bool) -> slice:
     return slice(int(full[0]), lungs.shape[0]) if superior_is_up else slice(0, int(full[-1]) + 1)
 
 
-def upper_chest(ct: Volume) -> "tuple[Volume, Volume]":
-    """The CT and its threshold-lung mask (0/1, uint8), cut to the slices above the lung bases."""
-    lungs = with_vessels(threshold_lungs(ct), (ct.grid.spacing[0], ct.grid.spacing[1]))
+def filled_lungs(ct: Volume) -> np.ndarray:
+    return with_vessels(threshold_lungs(ct), (ct.grid.spacing[0], ct.grid.spacing[1]))
+
+
+def upper_chest(ct: Volume, lungs_label: int) -> "tuple[Volume, Volume]":
+    """The CT and its threshold-lung mask (uint8), cut to the slices above the lung bases."""
+    lungs = filled_lungs(ct)
     superior_is_up = float(np.asarray(ct.grid.direction)[2, 2]) > 0  # LPS: +z is superior
     kept = slices_above_the_bases(lungs, superior_is_up)
     grid = ct.grid.slab(kept.start, kept.stop)
-    return Volume(ct.array[kept], grid, metadata=dict(ct.metadata)), Volume(lungs[kept].astype(np.uint8), grid)
+    return Volume(ct.array[kept], grid, metadata=dict(ct.metadata)), Volume(lungs[kept].astype(np.uint8) * np.uint8(lungs_label), grid)
 
 
-def prepare(lidc: Path, manifest: Path, out: Path, test_patient: str, lungs_label: int = 1) -> Path:
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8))), sortByObjectSize=True)
+    return sitk.GetArrayViewFromImage(components) == 1
+
+
+def whole_chest(ct: Volume, liver_segmenter: Path, lungs_label: int, liver_label: int) -> "tuple[Volume, Volume]":
+    """The whole CT and its labels: the threshold lungs, and the liver as ``liver_segmenter``
+    draws it (its largest connected part, where the lungs are not)."""
+    model = load_package(liver_segmenter)
+    names = [c.name for c in model.metadata.classes]
+    if "liver" not in names:
+        raise InputError(liver_segmenter, f"has no 'liver' segment (it has {', '.join(names)})")
+    predicted = segment(model, ct, resolve_device("auto")).labels.array == names.index("liver")
+    lungs = filled_lungs(ct)
+    labels = np.zeros(ct.array.shape, dtype=np.uint8)
+    labels[largest_component(predicted) & ~lungs] = liver_label
+    labels[lungs] = lungs_label
+    return ct, ct.with_array(labels)
+
+
+def prepare(lidc: Path, manifest: Path, out: Path, test_patient: str, lungs_label: int = 1,
+            liver_from: Optional[Path] = None, liver_label: int = 2) -> Path:
     with open(manifest, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not any(row["patient"] == test_patient for row in rows):
         raise InputError(manifest, f"has no patient {test_patient!r} to hold out")
     for row in rows:
         row["split"] = "test" if row["patient"] == test_patient else "train"
-    ct, lungs = upper_chest(load_volume(lidc))
+    ct = load_volume(lidc)
+    if liver_from is None:
+        ct, labels = upper_chest(ct, lungs_label)
+        stem = "lidc_upper_chest"
+    else:
+        ct, labels = whole_chest(ct, liver_from, lungs_label, liver_label)
+        stem = "lidc_chest"
     out.mkdir(parents=True, exist_ok=True)
-    write_image(ct, out / "lidc_upper_chest.nrrd")
-    write_label_map(lungs.with_array(lungs.array * np.uint8(lungs_label)), out / "lidc_upper_chest_lungs.nrrd")
-    rows.append({"image": str((out / "lidc_upper_chest.nrrd").resolve()), "mask": str((out / "lidc_upper_chest_lungs.nrrd").resolve()),
-                 "patient": lidc.name, "split": "train"})
+    image, mask = out / f"{stem}.nrrd", out / f"{stem}_labels.nrrd"
+    write_image(ct, image)
+    write_label_map(labels, mask)
+    rows.append({"image": str(image.resolve()), "mask": str(mask.resolve()), "patient": lidc.name, "split": "train"})
     combined = out / "manifest.csv"
     with open(combined, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", "mask", "patient", "split"])
@@ -97,8 +140,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--test", required=True, help="patient of the manifest held out as the test case")
     parser.add_argument("--lungs-label", type=int, default=1, help="the lungs' value in the manifest's masks (default 1)")
+    parser.add_argument("--liver-from", type=Path, help="segmenter package whose liver labels the whole series (default: upper chest only)")
+    parser.add_argument("--liver-label", type=int, default=2, help="the liver's value in the manifest's masks (default 2)")
     args = parser.parse_args(argv)
-    print(prepare(args.lidc, args.manifest, args.out, args.test, args.lungs_label))
+    print(prepare(args.lidc, args.manifest, args.out, args.test, args.lungs_label, args.liver_from, args.liver_label))
     return 0
 
 

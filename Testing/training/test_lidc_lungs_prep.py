@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from CTExplainLib.errors import InputError
+from CTExplainLib.models_catalog import SHIPPED_MODELS
 from CTExplainTraining.datasets.lidc_lungs import slices_above_the_bases, with_vessels
 from CTExplainTraining.datasets.lidc_lungs import prepare as add_lidc_lungs
 from CTExplainTraining.datasets.totalsegmentator import prepare as prepare_totalsegmentator
@@ -53,3 +55,28 @@ def test_lidc_upper_chest_is_added_for_training_and_the_lung_case_held_out(data_
     assert all(s[:, :256].any() and s[:, 256:].any() for s in lungs[:-10])
     with pytest.raises(Exception, match="no patient"):
         add_lidc_lungs(data_dir / "lidc-idri-0001", manifest, tmp_path / "bad", "nobody")
+
+
+@pytest.mark.slow
+def test_whole_chest_with_the_liver_from_a_segmenter(data_dir: Path, tmp_path: Path) -> None:
+    """With --liver-from the lung bases are kept, and the liver under them is labelled (not
+    background), as one organ that never takes a lung voxel."""
+    manifest = prepare_totalsegmentator(data_dir / "totalsegmentator", tmp_path / "ts", ["lungs", "liver"])
+    combined = add_lidc_lungs(data_dir / "lidc-idri-0001", manifest, tmp_path / "out", "example_ct_sm",
+                              liver_from=SHIPPED_MODELS / "chest-ct-segmenter")
+    with open(combined, newline="") as handle:
+        row = {r["patient"]: r for r in csv.DictReader(handle)}["lidc-idri-0001"]
+    mask = sitk.ReadImage(row["mask"])
+    labels = sitk.GetArrayFromImage(mask)
+    assert labels.shape[0] == 133 and set(np.unique(labels)) == {0, 1, 2}
+    voxel_ml = np.prod(mask.GetSpacing()) / 1e3
+    assert 200 < (labels == 2).sum() * voxel_ml < 2500
+    assert sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray((labels == 2).astype(np.uint8)))).max() == 1
+    # The liver lies below the lungs' widest slice, and the lung bases are kept beneath it.
+    lung_area = (labels == 1).reshape(133, -1).sum(axis=1)
+    liver_slices = np.flatnonzero((labels == 2).any(axis=(1, 2)))
+    assert liver_slices.max() < np.argmax(lung_area)
+    assert lung_area[liver_slices].sum() > 0
+    with pytest.raises(InputError, match="no 'liver'"):
+        add_lidc_lungs(data_dir / "lidc-idri-0001", manifest, tmp_path / "bad", "example_ct_sm",
+                       liver_from=SHIPPED_MODELS / "covid-infection-2d")
