@@ -17,16 +17,21 @@ manifest's other labels:
   that segmenter (its largest connected liver, outside the lungs): pseudo-labels, one round
   of self-training, so say so wherever a Dice is quoted.
 
+LIDC-IDRI-0001 is a sharp 0.7 x 0.7 x 2.5 mm scan. ``--coarse-mm 3`` adds a copy of it as a
+3 mm scanner would have taken it (blurred to that resolution, then resampled; labels by local
+majority), so the U-Net also learns where the lungs end in thick, blurred CT, whose edge voxels
+mix lung with diaphragm and liver.
+
     python -m CTExplainTraining.datasets.lidc_lungs ../shared/data/lidc-idri-0001 \\
         build/totalsegmentator-lungs-liver/manifest.csv build/chest-lungs-liver --test example_ct_sm \\
-        [--liver-from CTExplain/Resources/Models/chest-ct-segmenter]
+        [--liver-from CTExplain/Resources/Models/chest-ct-segmenter] [--coarse-mm 3]
 """
 from __future__ import annotations
 
 import argparse
 import csv
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,14 +40,16 @@ from CTExplainLib.devices import resolve_device
 from CTExplainLib.errors import InputError
 from CTExplainLib.loading import load_volume
 from CTExplainLib.model_package import load_package
+from CTExplainLib.resample import resample_image
 from CTExplainLib.segment import segment
-from CTExplainLib.volume import Volume
+from CTExplainLib.volume import Grid, Volume
 from CTExplainLib.writing import write_image, write_label_map
 
 from ..lung_check import threshold_lungs
 
 FULL_SHARE = 0.95  # slices from the first one whose lung area reaches this share of the largest
 LARGEST_VESSEL_MM2 = 400.0  # holes in a slice's lungs up to this area are vessels, filled in
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
 def with_vessels(lungs: np.ndarray, spacing_mm: "tuple[float, float]") -> np.ndarray:
@@ -105,8 +112,30 @@ def whole_chest(ct: Volume, liver_segmenter: Path, lungs_label: int, liver_label
     return ct, ct.with_array(labels)
 
 
+def coarser(ct: Volume, labels: Volume, spacing_mm: float) -> "tuple[Volume, Volume]":
+    """``ct`` and ``labels`` on an isotropic ``spacing_mm`` grid over the same extent: the CT
+    blurred first to that resolution (a Gaussian whose FWHM makes up the difference to the
+    spacing along each axis), the labels by SimpleITK's label-Gaussian (local majority)."""
+    spacing = np.asarray(ct.grid.spacing, dtype=float)
+    sigma = np.sqrt(np.maximum(spacing_mm**2 - spacing**2, 0.0)) / FWHM_PER_SIGMA
+    blurred = sitk.SmoothingRecursiveGaussian(sitk.Cast(ct.to_sitk(), sitk.sitkFloat32), sigma.tolist())
+    size = np.floor((np.asarray(ct.grid.size) - 1) * spacing / spacing_mm).astype(int) + 1
+    grid = Grid(tuple(int(n) for n in size), (spacing_mm,) * 3, ct.grid.origin, ct.grid.direction)
+    image = resample_image(blurred, grid, "linear", float(ct.array.min()), sitk.sitkInt16)
+    mask = sitk.Resample(labels.to_sitk(), grid.reference_image(), sitk.Transform(), sitk.sitkLabelGaussian, 0, sitk.sitkUInt8)
+    return (Volume(sitk.GetArrayFromImage(image), grid, metadata=dict(ct.metadata)),
+            Volume(sitk.GetArrayFromImage(mask), grid))
+
+
+def _write_case(ct: Volume, labels: Volume, out: Path, stem: str, patient: str) -> Dict[str, str]:
+    image, mask = out / f"{stem}.nrrd", out / f"{stem}_labels.nrrd"
+    write_image(ct, image)
+    write_label_map(labels, mask)
+    return {"image": str(image.resolve()), "mask": str(mask.resolve()), "patient": patient, "split": "train"}
+
+
 def prepare(lidc: Path, manifest: Path, out: Path, test_patient: str, lungs_label: int = 1,
-            liver_from: Optional[Path] = None, liver_label: int = 2) -> Path:
+            liver_from: Optional[Path] = None, liver_label: int = 2, coarse_mm: Optional[float] = None) -> Path:
     with open(manifest, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not any(row["patient"] == test_patient for row in rows):
@@ -121,10 +150,9 @@ def prepare(lidc: Path, manifest: Path, out: Path, test_patient: str, lungs_labe
         ct, labels = whole_chest(ct, liver_from, lungs_label, liver_label)
         stem = "lidc_chest"
     out.mkdir(parents=True, exist_ok=True)
-    image, mask = out / f"{stem}.nrrd", out / f"{stem}_labels.nrrd"
-    write_image(ct, image)
-    write_label_map(labels, mask)
-    rows.append({"image": str(image.resolve()), "mask": str(mask.resolve()), "patient": lidc.name, "split": "train"})
+    rows.append(_write_case(ct, labels, out, stem, lidc.name))
+    if coarse_mm is not None:
+        rows.append(_write_case(*coarser(ct, labels, coarse_mm), out, f"{stem}_{coarse_mm:g}mm", lidc.name))
     combined = out / "manifest.csv"
     with open(combined, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", "mask", "patient", "split"])
@@ -142,8 +170,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--lungs-label", type=int, default=1, help="the lungs' value in the manifest's masks (default 1)")
     parser.add_argument("--liver-from", type=Path, help="segmenter package whose liver labels the whole series (default: upper chest only)")
     parser.add_argument("--liver-label", type=int, default=2, help="the liver's value in the manifest's masks (default 2)")
+    parser.add_argument("--coarse-mm", type=float, help="also add the series as a scanner with this isotropic resolution would have taken it")
     args = parser.parse_args(argv)
-    print(prepare(args.lidc, args.manifest, args.out, args.test, args.lungs_label, args.liver_from, args.liver_label))
+    print(prepare(args.lidc, args.manifest, args.out, args.test, args.lungs_label, args.liver_from, args.liver_label, args.coarse_mm))
     return 0
 
 

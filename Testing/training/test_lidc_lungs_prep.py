@@ -60,13 +60,14 @@ def test_lidc_upper_chest_is_added_for_training_and_the_lung_case_held_out(data_
 @pytest.mark.slow
 def test_whole_chest_with_the_liver_from_a_segmenter(data_dir: Path, tmp_path: Path) -> None:
     """With --liver-from the lung bases are kept, and the liver under them is labelled (not
-    background), as one organ that never takes a lung voxel."""
+    background), as one organ that never takes a lung voxel; --coarse-mm adds the same chest
+    at 3 mm, blurred, with the same organs at the same size."""
     manifest = prepare_totalsegmentator(data_dir / "totalsegmentator", tmp_path / "ts", ["lungs", "liver"])
     combined = add_lidc_lungs(data_dir / "lidc-idri-0001", manifest, tmp_path / "out", "example_ct_sm",
-                              liver_from=SHIPPED_MODELS / "chest-ct-segmenter")
+                              liver_from=SHIPPED_MODELS / "chest-ct-segmenter", coarse_mm=3.0)
     with open(combined, newline="") as handle:
-        row = {r["patient"]: r for r in csv.DictReader(handle)}["lidc-idri-0001"]
-    mask = sitk.ReadImage(row["mask"])
+        fine, coarse = [r for r in csv.DictReader(handle) if r["patient"] == "lidc-idri-0001"]
+    mask = sitk.ReadImage(fine["mask"])
     labels = sitk.GetArrayFromImage(mask)
     assert labels.shape[0] == 133 and set(np.unique(labels)) == {0, 1, 2}
     voxel_ml = np.prod(mask.GetSpacing()) / 1e3
@@ -77,6 +78,19 @@ def test_whole_chest_with_the_liver_from_a_segmenter(data_dir: Path, tmp_path: P
     liver_slices = np.flatnonzero((labels == 2).any(axis=(1, 2)))
     assert liver_slices.max() < np.argmax(lung_area)
     assert lung_area[liver_slices].sum() > 0
+
+    coarse_ct, coarse_mask = sitk.ReadImage(coarse["image"]), sitk.ReadImage(coarse["mask"])
+    assert coarse_ct.GetSpacing() == coarse_mask.GetSpacing() == (3.0, 3.0, 3.0)
+    assert coarse_ct.GetOrigin() == coarse_mask.GetOrigin() == mask.GetOrigin()
+    coarse_labels = sitk.GetArrayFromImage(coarse_mask)
+    for label in (1, 2):
+        fine_ml, coarse_ml = (labels == label).sum() * voxel_ml, (coarse_labels == label).sum() * 27.0 / 1e3
+        assert abs(coarse_ml - fine_ml) < 0.05 * fine_ml, (label, fine_ml, coarse_ml)
+    # Blurred: the 3 mm image is smoother than the fine one sampled at the same points.
+    fine_ct = sitk.ReadImage(fine["image"])
+    sampled = sitk.Resample(fine_ct, coarse_ct, sitk.Transform(), sitk.sitkNearestNeighbor, -1024.0)
+    roughness = [np.abs(np.diff(sitk.GetArrayFromImage(i).astype(float), axis=2)).mean() for i in (sampled, coarse_ct)]
+    assert roughness[1] < 0.8 * roughness[0], roughness
     with pytest.raises(InputError, match="no 'liver'"):
         add_lidc_lungs(data_dir / "lidc-idri-0001", manifest, tmp_path / "bad", "example_ct_sm",
                        liver_from=SHIPPED_MODELS / "covid-infection-2d")
