@@ -179,8 +179,9 @@ def slice_panels(
     return plain, heated, outlined
 
 
-def _radiological_flip(grid: Grid) -> Callable[[np.ndarray], np.ndarray]:
-    """A function flipping a [j, i] slice so that anterior is up and the patient's right is left.
+def _radiological_flips(grid: Grid) -> Tuple[bool, bool]:
+    """(flip rows, flip columns) that turn a [j, i] slice into the radiological view: anterior
+    up, the patient's right on the image left.
 
     Only for grids whose i axis runs mostly along L-R and j mostly along P-A (the usual axial
     acquisition, e.g. NIfTI files with RAS-like directions); other grids are shown as stored.
@@ -189,8 +190,13 @@ def _radiological_flip(grid: Grid) -> Callable[[np.ndarray], np.ndarray]:
     i_axis, j_axis = direction[:, 0], direction[:, 1]
     if abs(i_axis[0]) < 0.7 or abs(j_axis[1]) < 0.7:
         logger.debug("radiological view needs i along L-R and j along P-A; showing the slice as stored")
-        return lambda section: section
-    flip_columns, flip_rows = i_axis[0] < 0, j_axis[1] < 0
+        return False, False
+    return bool(j_axis[1] < 0), bool(i_axis[0] < 0)
+
+
+def _radiological_flip(grid: Grid) -> Callable[[np.ndarray], np.ndarray]:
+    """A function flipping a [j, i] slice into the radiological view (see :func:`_radiological_flips`)."""
+    flip_rows, flip_columns = _radiological_flips(grid)
 
     def orient(section: np.ndarray) -> np.ndarray:
         if flip_rows:
@@ -288,6 +294,43 @@ def finding_montage(
     return np.asarray(canvas, dtype=np.uint8)
 
 
+def _outlined(section: np.ndarray, labels: np.ndarray, shape: PanelShape, window: Tuple[float, float],
+              label_colors: Optional[Dict[int, Color]]) -> np.ndarray:
+    gray = np.clip(np.round(_resize_float(window_to_gray(section, window), shape) * 255.0), 0, 255).astype(np.uint8)
+    return outline_overlay(np.repeat(gray[..., None], 3, axis=2), _resize_labels(labels, shape), label_colors)
+
+
+def segmentation_overview(
+    ct: Volume,
+    labels: np.ndarray,
+    axial: List[int],
+    coronal: int,
+    window: Tuple[float, float] = (-600.0, 1500.0),
+    label_colors: Optional[Dict[int, Color]] = None,
+    max_px: int = 384,
+) -> np.ndarray:
+    """An (H, W, 3) uint8 picture of a label map's outlines on the CT: the ``axial`` slices (k)
+    in the radiological view, then the ``coronal`` row (j) with the head up, side by side."""
+    if labels.shape != ct.array.shape:
+        raise ValueError(f"label map shape {labels.shape} differs from the CT's {ct.array.shape}")
+    orient = _radiological_flip(ct.grid)
+    shape = montage_panel_shape(ct, max_px)
+    panels = [_outlined(orient(ct.array[k]), orient(labels[k]), shape, window, label_colors) for k in axial]
+    # Coronal: rows are k, the head up; columns are i, flipped as in the axial view.
+    rows = slice(None, None, -1) if ct.grid.direction[2, 2] > 0 else slice(None)
+    columns = slice(None, None, -1) if _radiological_flips(ct.grid)[1] else slice(None)
+    section, section_labels = ct.array[rows, coronal, columns], labels[rows, coronal, columns]
+    coronal_shape = panel_shape(section.shape[0], section.shape[1], ct.grid.spacing[2], ct.grid.spacing[0], max_px=shape.height)
+    panels.append(_outlined(section, section_labels, coronal_shape, window, label_colors))
+    height = max(panel.shape[0] for panel in panels)
+    canvas = Image.new("RGB", (sum(panel.shape[1] for panel in panels) + GAP_PX * (len(panels) - 1), height), (0, 0, 0))
+    left = 0
+    for panel in panels:
+        canvas.paste(Image.fromarray(panel), (left, 0))
+        left += panel.shape[1] + GAP_PX
+    return np.asarray(canvas, dtype=np.uint8)
+
+
 __all__ = [
     "PanelShape",
     "finding_montage",
@@ -298,6 +341,7 @@ __all__ = [
     "montage_panel_shape",
     "outline_overlay",
     "panel_shape",
+    "segmentation_overview",
     "slice_panels",
     "window_to_gray",
 ]

@@ -44,3 +44,22 @@ def test_labels_on_another_grid_are_refused(data_dir: Path, tmp_path: Path) -> N
     sitk.WriteImage(other, str(tmp_path / "other.nrrd"))
     with pytest.raises(SystemExit, match="not the grid"):
         lung_agreement(data_dir / "lidc-idri-0001", tmp_path / "other.nrrd", 1)
+
+
+def test_picture_shows_the_outlines_with_the_head_up(lidc: Volume) -> None:
+    """The overview's last panel is coronal: the lungs' outline lies above the abdomen's."""
+    from CTExplainTraining.lung_check import LUNG_OUTLINE, overview
+
+    lungs = threshold_lungs(lidc)
+    labels = lungs.astype(np.uint8)
+    feet = slice(0, 10) if lidc.grid.direction[2, 2] > 0 else slice(-10, None)
+    abdomen = np.zeros_like(lungs)
+    abdomen[feet] = (lidc.array[feet] > 0) & (lidc.array[feet] < 200)
+    labels[abdomen] = 2
+    picture = overview(lidc, labels, lungs, 1)
+    orange = np.all(picture == np.round(np.asarray(LUNG_OUTLINE) * 255).astype(np.uint8), axis=2)
+    other = np.any(picture != picture[..., :1], axis=2) & ~orange  # coloured, not orange, not gray
+    coronal = slice(3 * picture.shape[1] // 4 + 20, None)  # the panels are about equally wide
+    assert orange[:, : picture.shape[1] // 4].any() and orange[:, coronal].any()
+    lung_rows, abdomen_rows = np.nonzero(orange[:, coronal])[0], np.nonzero(other[:, coronal])[0]
+    assert abdomen_rows.size and lung_rows.mean() < abdomen_rows.mean()
