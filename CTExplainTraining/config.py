@@ -42,6 +42,7 @@ class TrainConfig:
     orientation: str = "LPS"
     resize: str = "crop"  # "fit" / "fit_body" for images without a physical scale (screenshots; see the core's InputSpec)
     normalise: str = "none"  # "image": zero mean, unit variance per image; "histogram": equalised (see the core's InputSpec)
+    body_only: bool = False  # blank out what lies outside the body (table, text) in each slice
     image_spacing: Optional[List[float]] = None  # for inputs without geometry (2D images)
     # Segmentation: training patches on the model grid, (i, j[, k]) voxels.
     patch_size: Optional[List[int]] = None
@@ -97,6 +98,7 @@ class TrainConfig:
             "intensity": self.intensity,
             "resize": self.resize,
             "normalise": self.normalise,
+            "body_only": self.body_only,
         }
         return parse_input_spec(data, Path(str(self.manifest)))
 

@@ -111,8 +111,22 @@ def test_input_normalisation_is_read_and_checked(classifier_dir: Path, tmp_path:
     data["input"]["normalise"] = "image"
     assert load_package(edit_metadata(classifier_dir, tmp_path / "image", input=data["input"])).metadata.input.normalise == "image"
     data["input"]["normalise"] = "zscore"
-    with pytest.raises(ModelPackageError, match="normalise must be one of none, image"):
+    with pytest.raises(ModelPackageError, match="normalise must be one of none, image, histogram"):
         load_package(edit_metadata(classifier_dir, tmp_path / "bad", input=data["input"]))
+
+
+def test_body_only_and_fit_body_are_read_and_checked(classifier_dir: Path, tmp_path: Path) -> None:
+    assert load_package(classifier_dir).metadata.input.body_only is False  # packages without the key
+    data = json.loads((classifier_dir / METADATA_FILE).read_text())
+    data["input"].update(body_only=True, resize="fit_body", size=data["input"]["size"] or [32, 32, 32][: data["input"]["spatial_dims"]])
+    spec = load_package(edit_metadata(classifier_dir, tmp_path / "body", input=data["input"])).metadata.input
+    assert spec.body_only is True and spec.resize == "fit_body"
+    data["input"]["body_only"] = "yes"
+    with pytest.raises(ModelPackageError, match="body_only must be true or false"):
+        load_package(edit_metadata(classifier_dir, tmp_path / "bad", input=data["input"]))
+    data["input"].update(body_only=False, size=None)
+    with pytest.raises(ModelPackageError, match="'fit_body' needs a size"):
+        load_package(edit_metadata(classifier_dir, tmp_path / "nosize", input=data["input"]))
 
 
 def make_bundle(folder: Path, weights_only: bool = True) -> Path:

@@ -177,3 +177,21 @@ def test_histogram_normalisation_undoes_a_contrast_curve(data_dir) -> None:
 
     assert difference("histogram") < 0.01
     assert difference("image") > 0.05
+
+
+def test_body_only_blanks_a_table_under_the_patient(data_dir) -> None:
+    """The chest screenshots' test split shows the table under the patient, which Grad-CAM
+    showed a classifier using as a shortcut: with ``body_only`` it is gone, the body is not."""
+    slice_ = np.pad(_display_slice(data_dir, "train", "adenocarcinoma"), ((0, 40), (0, 0)))
+    rows = slice_.shape[0]
+    slice_[rows - 25 : rows - 15, 20:-20] = 180.0  # a table, apart from the body by black air
+    display = [ChannelSpec("display", 127.5, 255.0)]
+
+    def network_input(body_only: bool) -> np.ndarray:
+        spec = InputSpec(2, display, intensity="display", body_only=body_only)
+        return preprocess(_display_volume(slice_), spec).tensor[0, 0].numpy()
+
+    plain, body = network_input(False), network_input(True)
+    assert plain[rows - 25 : rows - 15, 20:-20].min() > 0.6 and body[rows - 25 : rows - 15].max() == 0.0
+    inside = slice_[: rows - 40] > 60  # the body's bright tissue is kept as it was
+    np.testing.assert_array_equal(body[: rows - 40][inside], plain[: rows - 40][inside])

@@ -60,6 +60,10 @@ class InputSpec:
     # their source rather than with the tissue. "histogram": each image's histogram is
     # equalised instead (MONAI's HistogramNormalize), which also undoes differing contrast curves.
     normalise: str = "none"
+    # True: in each axial slice, everything outside the body (its largest connected region, see
+    # ``resize``) is set to air or black before the windows: the table, clothes and text burnt
+    # into screenshots, which a network can otherwise learn as a shortcut.
+    body_only: bool = False
 
 
 @dataclass
@@ -136,6 +140,12 @@ def _check_orientation(code: str, path: Path) -> str:
     return code
 
 
+def _flag(value: Any, path: Path, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ModelPackageError(path, f"{what} must be true or false, got {value!r}")
+    return value
+
+
 def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
     dims = int(_require(data, "spatial_dims", path))
     if dims not in (2, 3):
@@ -164,6 +174,7 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
         intensity=intensity,
         resize=resize,
         normalise=normalise,
+        body_only=_flag(data.get("body_only", False), path, "input body_only"),
     )
 
 

@@ -138,14 +138,28 @@ def _equalise_channels(image: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(equalise(channel)) for channel in image])
 
 
+def slice_body(section: np.ndarray, display_input: bool) -> np.ndarray:
+    """The body in one axial slice: the largest connected region above BODY_ABOVE_HU (or a
+    tenth of the display range for 8-bit display images), its holes (lungs, bowel gas) filled.
+    The table and clothes are not part of it where air separates them from the skin."""
+    above = sitk.GetImageFromArray((section > (DISPLAY_BODY_ABOVE if display_input else BODY_ABOVE_HU)).astype(np.uint8))
+    largest = sitk.RelabelComponent(sitk.ConnectedComponent(above), sortByObjectSize=True) == 1
+    return sitk.GetArrayFromImage(sitk.BinaryFillhole(largest)).astype(bool)
+
+
+def keep_body_only(resampled: np.ndarray, display_input: bool, fill: float) -> np.ndarray:
+    """In place: each axial slice's voxels outside :func:`slice_body` set to ``fill``."""
+    for section in resampled:
+        section[~slice_body(section, display_input)] = fill
+    return resampled
+
+
 def body_box(volume: Volume, display_input: bool) -> Grid:
-    """The input grid cut in-plane to the box around the body on any slice: voxels above
-    BODY_ABOVE_HU, or above a tenth of the display range for 8-bit display images."""
-    threshold = DISPLAY_BODY_ABOVE if display_input else BODY_ABOVE_HU
+    """The input grid cut in-plane to the box around the body (:func:`slice_body`) on any slice."""
     rows = np.zeros(volume.array.shape[1], dtype=bool)  # j
     columns = np.zeros(volume.array.shape[2], dtype=bool)  # i
     for section in volume.array:  # slice by slice: no full-size mask
-        body = section > threshold
+        body = slice_body(section, display_input)
         rows |= body.any(axis=1)
         columns |= body.any(axis=0)
     if not rows.any():
@@ -169,6 +183,8 @@ def preprocess(volume: Volume, spec: InputSpec, crop: bool = True) -> ModelInput
     grid = model_grid(extent, spec, crop)
     fill = 0.0 if display_input else AIR_HU
     resampled = resample_array(volume.array, volume.grid, grid, "linear", fill)
+    if spec.body_only:
+        keep_body_only(resampled, display_input, fill)
     channels = channel_arrays(resampled, spec, display_input)
     if spec.normalise != "none":
         normalise_images(channels, spec.spatial_dims, spec.normalise)
