@@ -483,27 +483,12 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
         before = self._nodeIDs()
         try:
             classifierModel, segmenterModel = self._loadModels(classifier, segmenter)
-            volume = volume_from_node(inputVolumeNode)
-            stages = ["preprocess", "classify+explain"] + (["segment", "map labels"] if segmenterModel else []) + ["statistics", "scene"]
-            timer = pipeline.StageTimer(report, stages)
-            analysis = pipeline.analyse(volume, classifierModel, segmenterModel,
-                                        pipeline.ExplainOptions(method=method, device=device), timer)
-            classification, segmentation = analysis.classification, analysis.segmentation
-            with timer.stage("statistics"):
-                regions = pipeline.case_regions(analysis)
-            record = pipeline.analysis_record(analysis, classifierModel, segmenterModel, method)
-            findings = record["findings"]
-
-            def heatMaps():
-                for index in pipeline.select_findings(classification, classifierModel.metadata.threshold, None):
-                    name = classification.class_names[index]
-                    heat = classification.heat_map(index, volume.grid)  # float32 on the input grid
-                    findings[index]["anatomy"] = pipeline.finding_anatomy(analysis, name, heat, regions)
-                    yield name, heat
-
+            explained = pipeline.explain_in_memory(volume_from_node(inputVolumeNode), classifierModel, segmenterModel,
+                                                   pipeline.ExplainOptions(method=method, device=device), report,
+                                                   after=["scene"])
+            timer = explained.timer
             with timer.stage("scene"):
-                results = self._addOutputs(inputVolumeNode, record, heatMaps(),
-                                           segmentation.labels.array if segmentation is not None else None)
+                results = self._addOutputs(inputVolumeNode, explained.record, explained.heat_maps(), explained.labels)
         except Exception:
             self._removeNodesAddedSince(before)
             raise

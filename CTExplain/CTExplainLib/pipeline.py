@@ -173,6 +173,56 @@ def analyse(
     return Analysis(volume, classification, segmentation)
 
 
+def case_stages(with_segmenter: bool, before: Sequence[str], after: Sequence[str]) -> List[str]:
+    """The progress stages of one case: ``before``, those of :func:`analyse`, then ``after``."""
+    return [*before, "preprocess", "classify+explain", *(["segment", "map labels"] if with_segmenter else []), *after]
+
+
+@dataclass
+class InMemoryResult:
+    """A volume explained in memory, for callers that keep the outputs as arrays (the Slicer
+    module): the result.json-shaped ``record`` and the label map; :meth:`heat_maps` yields each
+    finding's map on the input grid and adds its anatomy to ``record`` as it goes."""
+
+    analysis: Analysis
+    record: Dict[str, Any]
+    regions: Optional[Regions]
+    threshold: float
+    timer: StageTimer
+
+    @property
+    def labels(self) -> Optional[np.ndarray]:
+        segmentation = self.analysis.segmentation
+        return segmentation.labels.array if segmentation is not None else None
+
+    def heat_maps(self) -> Iterator[Tuple[str, np.ndarray]]:
+        classification, findings = self.analysis.classification, self.record["findings"]
+        for index in select_findings(classification, self.threshold, None):
+            name = classification.class_names[index]
+            heat = classification.heat_map(index, self.analysis.volume.grid)  # float32, a new array each
+            findings[index]["anatomy"] = finding_anatomy(self.analysis, name, heat, self.regions)
+            yield name, heat
+
+
+def explain_in_memory(
+    volume: Volume,
+    classifier: LoadedModel,
+    segmenter: Optional[LoadedModel],
+    options: ExplainOptions,
+    progress: Progress,
+    after: Sequence[str] = (),
+) -> InMemoryResult:
+    """Classify, explain and segment ``volume`` and prepare its statistics; the heat maps are
+    made when :meth:`InMemoryResult.heat_maps` is iterated. ``after`` names the caller's own
+    stages, timed with the result's ``timer``, so that progress reaches 1 only at their end."""
+    timer = StageTimer(progress, case_stages(segmenter is not None, [], ["statistics", *after]))
+    analysis = analyse(volume, classifier, segmenter, options, timer)
+    with timer.stage("statistics"):
+        regions = case_regions(analysis)
+    record = analysis_record(analysis, classifier, segmenter, options.method)
+    return InMemoryResult(analysis, record, regions, classifier.metadata.threshold, timer)
+
+
 def release_free_memory() -> None:
     """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere).
 
@@ -318,8 +368,7 @@ def explain_case(
 ) -> CaseResult:
     """Run one case into ``out_dir`` (created complete or not at all); errors are reported, not raised."""
     options = options or ExplainOptions()
-    stages = ["load", "preprocess", "classify+explain"] + (["segment", "map labels"] if segmenter else []) + ["heat maps", "statistics", "write"]
-    timer = StageTimer(progress or _no_progress, stages)
+    timer = StageTimer(progress or _no_progress, case_stages(segmenter is not None, ["load"], ["heat maps", "statistics", "write"]))
     result = CaseResult(input=str(input_path))
     started = time.perf_counter()
     try:
