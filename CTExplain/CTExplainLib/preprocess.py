@@ -138,13 +138,16 @@ def _equalise_channels(image: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(equalise(channel)) for channel in image])
 
 
+def _largest_region(section: np.ndarray, display_input: bool) -> sitk.Image:
+    above = sitk.GetImageFromArray((section > (DISPLAY_BODY_ABOVE if display_input else BODY_ABOVE_HU)).astype(np.uint8))
+    return sitk.RelabelComponent(sitk.ConnectedComponent(above), sortByObjectSize=True) == 1
+
+
 def slice_body(section: np.ndarray, display_input: bool) -> np.ndarray:
     """The body in one axial slice: the largest connected region above BODY_ABOVE_HU (or a
     tenth of the display range for 8-bit display images), its holes (lungs, bowel gas) filled.
     The table and clothes are not part of it where air separates them from the skin."""
-    above = sitk.GetImageFromArray((section > (DISPLAY_BODY_ABOVE if display_input else BODY_ABOVE_HU)).astype(np.uint8))
-    largest = sitk.RelabelComponent(sitk.ConnectedComponent(above), sortByObjectSize=True) == 1
-    return sitk.GetArrayFromImage(sitk.BinaryFillhole(largest)).astype(bool)
+    return sitk.GetArrayFromImage(sitk.BinaryFillhole(_largest_region(section, display_input))).astype(bool)
 
 
 def keep_body_only(resampled: np.ndarray, display_input: bool, fill: float) -> np.ndarray:
@@ -159,7 +162,7 @@ def body_box(volume: Volume, display_input: bool) -> Grid:
     rows = np.zeros(volume.array.shape[1], dtype=bool)  # j
     columns = np.zeros(volume.array.shape[2], dtype=bool)  # i
     for section in volume.array:  # slice by slice: no full-size mask
-        body = slice_body(section, display_input)
+        body = sitk.GetArrayFromImage(_largest_region(section, display_input)).astype(bool)  # holes change no box
         rows |= body.any(axis=1)
         columns |= body.any(axis=0)
     if not rows.any():
