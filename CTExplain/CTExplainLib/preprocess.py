@@ -138,22 +138,48 @@ def _equalise_channels(image: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(equalise(channel)) for channel in image])
 
 
-def _largest_region(section: np.ndarray, display_input: bool) -> sitk.Image:
-    above = sitk.GetImageFromArray((section > (DISPLAY_BODY_ABOVE if display_input else BODY_ABOVE_HU)).astype(np.uint8))
-    return sitk.RelabelComponent(sitk.ConnectedComponent(above), sortByObjectSize=True) == 1
+SLICES_PER_MOSAIC = 32  # slices labelled in one SimpleITK call: bounds the label image's memory
+
+
+def _slice_bodies(stack: np.ndarray, display_input: bool, filled: bool) -> np.ndarray:
+    """The body (:func:`slice_body`) of each slice of a (K, J, I) stack, as one boolean array.
+
+    The slices are laid one under the other with a blank row between them, so that one
+    SimpleITK call labels them all without any region reaching from one slice into the next
+    (the blank rows also open every slice's outside to the border for the hole filling)."""
+    k, j, i = stack.shape
+    threshold = DISPLAY_BODY_ABOVE if display_input else BODY_ABOVE_HU
+    mosaic = np.zeros((k, j + 1, i), dtype=np.uint8)
+    mosaic[:, :j] = stack > threshold
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mosaic.reshape(k * (j + 1), i))))
+    labels = labels.reshape(k, j + 1, i)
+    sizes = np.bincount(labels.ravel())
+    largest = np.zeros(sizes.size, dtype=bool)
+    # Labels are given in raster order, so each slice holds the run of labels after the
+    # previous slice's highest: its largest one is its body.
+    last = np.maximum.accumulate(labels.reshape(k, -1).max(axis=1))
+    for first, stop in zip(np.concatenate([[0], last[:-1]]) + 1, last + 1):
+        if stop > first:
+            largest[first + np.argmax(sizes[first:stop])] = True
+    body = largest[labels]
+    if filled:
+        image = sitk.BinaryFillhole(sitk.GetImageFromArray(body.reshape(k * (j + 1), i).astype(np.uint8)))
+        body = sitk.GetArrayFromImage(image).reshape(k, j + 1, i).astype(bool)
+    return body[:, :j]
 
 
 def slice_body(section: np.ndarray, display_input: bool) -> np.ndarray:
     """The body in one axial slice: the largest connected region above BODY_ABOVE_HU (or a
     tenth of the display range for 8-bit display images), its holes (lungs, bowel gas) filled.
     The table and clothes are not part of it where air separates them from the skin."""
-    return sitk.GetArrayFromImage(sitk.BinaryFillhole(_largest_region(section, display_input))).astype(bool)
+    return _slice_bodies(section[None], display_input, filled=True)[0]
 
 
 def keep_body_only(resampled: np.ndarray, display_input: bool, fill: float) -> np.ndarray:
     """In place: each axial slice's voxels outside :func:`slice_body` set to ``fill``."""
-    for section in resampled:
-        section[~slice_body(section, display_input)] = fill
+    for start in range(0, resampled.shape[0], SLICES_PER_MOSAIC):
+        chunk = resampled[start : start + SLICES_PER_MOSAIC]
+        chunk[~_slice_bodies(chunk, display_input, filled=True)] = fill
     return resampled
 
 
@@ -161,10 +187,10 @@ def body_box(volume: Volume, display_input: bool) -> Grid:
     """The input grid cut in-plane to the box around the body (:func:`slice_body`) on any slice."""
     rows = np.zeros(volume.array.shape[1], dtype=bool)  # j
     columns = np.zeros(volume.array.shape[2], dtype=bool)  # i
-    for section in volume.array:  # slice by slice: no full-size mask
-        body = sitk.GetArrayFromImage(_largest_region(section, display_input)).astype(bool)  # holes change no box
-        rows |= body.any(axis=1)
-        columns |= body.any(axis=0)
+    for start in range(0, volume.array.shape[0], SLICES_PER_MOSAIC):  # no full-size mask
+        body = _slice_bodies(volume.array[start : start + SLICES_PER_MOSAIC], display_input, filled=False)  # holes change no box
+        rows |= body.any(axis=(0, 2))
+        columns |= body.any(axis=(0, 1))
     if not rows.any():
         return volume.grid
     (i0, i1), (j0, j1) = (np.flatnonzero(columns)[[0, -1]], np.flatnonzero(rows)[[0, -1]])
