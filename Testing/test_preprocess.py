@@ -195,3 +195,21 @@ def test_body_only_blanks_a_table_under_the_patient(data_dir) -> None:
     assert plain[rows - 25 : rows - 15, 20:-20].min() > 0.6 and body[rows - 25 : rows - 15].max() == 0.0
     inside = slice_[: rows - 40] > 60  # the body's bright tissue is kept as it was
     np.testing.assert_array_equal(body[: rows - 40][inside], plain[: rows - 40][inside])
+
+
+def test_bodies_of_many_slices_at_once_are_each_slices_own(real_ct: Volume) -> None:
+    """Labelling slices together must not let a region of one slice reach into the next: a
+    large region in one slice above a small one in the next leaves each its own body."""
+    from CTExplainLib.preprocess import _slice_bodies, slice_body
+
+    stack = np.full((3, 40, 50), -1000.0, dtype=np.float32)
+    stack[0, 5:35, 5:45] = 40.0  # slice 0: one large body
+    stack[1, 5:35, 5:20] = 40.0  # slice 1: a smaller region under part of it ...
+    stack[1, 5:35, 30:48] = 40.0  # ... and its larger body beside it
+    stack[2] = real_ct.array[15, :40, :50]
+    together = _slice_bodies(stack, display_input=False, filled=True)
+    for k in range(3):
+        np.testing.assert_array_equal(together[k], slice_body(stack[k], display_input=False))
+    assert together[1, 10, 35] and not together[1, 10, 10]
+    real = real_ct.array[10:16]
+    np.testing.assert_array_equal(_slice_bodies(real, False, True), np.stack([slice_body(s, False) for s in real]))
