@@ -10,7 +10,7 @@ it tells whether the U-Net found the lungs, not how well it draws them against a
 
 CT is anything the core loads; LABELS is the label map ``ctexplain explain`` wrote for it.
 ``--picture`` draws every label's outline on an upper, a middle and a basal axial slice of the
-lungs and on a coronal slice through their middle.
+lungs and on the coronal slice that cuts the most lung.
 """
 from __future__ import annotations
 
