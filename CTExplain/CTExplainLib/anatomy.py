@@ -20,12 +20,13 @@ from .writing import label_counts
 logger = logging.getLogger(__name__)
 
 BODY_MASK_SPACING_MM = 1.5
+BODY_ABOVE_HU = -500.0  # tissue, not air: what a body mask starts from
 BACKGROUND = "background"
 OUTSIDE_BODY = "outside_body"
 UNLISTED_LABELS = "unlisted_labels"
 
 
-def body_mask(ct: Volume, threshold_hu: float = -500.0) -> np.ndarray:
+def body_mask(ct: Volume, threshold_hu: float = BODY_ABOVE_HU) -> np.ndarray:
     """Boolean [k, j, i] mask of the patient's body in a CT given in Hounsfield units.
 
     Voxels above ``threshold_hu`` are kept, then only their largest 3D connected component
@@ -96,11 +97,11 @@ def _coarse_body_mask(ct: Volume, threshold_hu: float) -> Optional[Tuple[np.ndar
     biggest = max(statistics.GetLabels(), key=statistics.GetNumberOfPixels)
     largest = sitk.GetArrayFromImage(components == biggest)
     del components
-    _fill_holes_per_slice(largest)
+    fill_holes_per_slice(largest)
     return largest, mask_grid
 
 
-def _fill_holes_per_slice(mask: np.ndarray) -> None:
+def fill_holes_per_slice(mask: np.ndarray) -> None:
     """Fill, in place, the holes of each axial slice of a 0/1 uint8 mask (4-connected background).
 
     A hole is background that cannot reach its slice's border. The slices are framed by one
@@ -177,7 +178,7 @@ class Regions:
         return cls(labels.shape, labels, lambda start, stop: mask[start:stop])
 
     @classmethod
-    def for_ct(cls, ct: Volume, labels: Optional[np.ndarray], threshold_hu: float = -500.0) -> "Regions":
+    def for_ct(cls, ct: Volume, labels: Optional[np.ndarray], threshold_hu: float = BODY_ABOVE_HU) -> "Regions":
         """Regions of ``labels`` (all background if None) and of :func:`body_mask` of ``ct``."""
         shape = ct.array.shape
         if labels is not None:

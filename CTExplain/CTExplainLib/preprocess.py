@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import HistogramNormalize, NormalizeIntensity, ScaleIntensityRange
 
+from .anatomy import BODY_ABOVE_HU, fill_holes_per_slice
 from .model_package import FIT_POLICIES, InputSpec
 from .resample import resample_array
 from .volume import Grid, Volume
@@ -24,7 +25,6 @@ from .volume import Grid, Volume
 LOG = logging.getLogger(__name__)
 
 AIR_HU = -1024.0
-BODY_ABOVE_HU = -500.0
 DISPLAY_BODY_ABOVE = 25.5  # a tenth of 0-255
 
 
@@ -145,8 +145,8 @@ def _slice_bodies(stack: np.ndarray, display_input: bool, filled: bool) -> np.nd
     """The body (:func:`slice_body`) of each slice of a (K, J, I) stack, as one boolean array.
 
     The slices are laid one under the other with a blank row between them, so that one
-    SimpleITK call labels them all without any region reaching from one slice into the next
-    (the blank rows also open every slice's outside to the border for the hole filling)."""
+    SimpleITK call labels them all without any region reaching from one slice into the next;
+    the holes are filled as the anatomy's body mask fills them (:func:`fill_holes_per_slice`)."""
     k, j, i = stack.shape
     threshold = DISPLAY_BODY_ABOVE if display_input else BODY_ABOVE_HU
     mosaic = np.zeros((k, j + 1, i), dtype=np.uint8)
@@ -161,11 +161,10 @@ def _slice_bodies(stack: np.ndarray, display_input: bool, filled: bool) -> np.nd
     for first, stop in zip(np.concatenate([[0], last[:-1]]) + 1, last + 1):
         if stop > first:
             largest[first + np.argmax(sizes[first:stop])] = True
-    body = largest[labels]
+    body = largest[labels[:, :j]]
     if filled:
-        image = sitk.BinaryFillhole(sitk.GetImageFromArray(body.reshape(k * (j + 1), i).astype(np.uint8)))
-        body = sitk.GetArrayFromImage(image).reshape(k, j + 1, i).astype(bool)
-    return body[:, :j]
+        fill_holes_per_slice(body.view(np.uint8))
+    return body
 
 
 def slice_body(section: np.ndarray, display_input: bool) -> np.ndarray:
