@@ -151,6 +151,12 @@ def outline_overlay(gray_rgb: np.ndarray, labels: np.ndarray, colors: Optional[D
     return result
 
 
+def _gray_panel(section: np.ndarray, shape: PanelShape, window: Tuple[float, float]) -> np.ndarray:
+    """A CT slice in the (level, width) ``window``, resized to ``shape``, as (H, W, 3) uint8 gray."""
+    gray = np.clip(np.round(_resize_float(window_to_gray(section, window), shape) * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
 def slice_panels(
     ct: Volume,
     heat: np.ndarray,
@@ -168,9 +174,7 @@ def slice_panels(
     """
     shape = montage_panel_shape(ct, max_px)
     orient = _radiological_flip(ct.grid) if radiological else (lambda section: section)
-    gray = _resize_float(orient(window_to_gray(ct.array[k], window)), shape)
-    gray_u8 = np.clip(np.round(gray * 255.0), 0, 255).astype(np.uint8)
-    plain = np.repeat(gray_u8[..., None], 3, axis=2)
+    plain = _gray_panel(orient(ct.array[k]), shape, window)
     heated = heat_overlay(plain, _resize_float(orient(heat[k]), shape))
     if labels is None:
         outlined = plain.copy()
@@ -296,8 +300,7 @@ def finding_montage(
 
 def _outlined(section: np.ndarray, labels: np.ndarray, shape: PanelShape, window: Tuple[float, float],
               label_colors: Optional[Dict[int, Color]]) -> np.ndarray:
-    gray = np.clip(np.round(_resize_float(window_to_gray(section, window), shape) * 255.0), 0, 255).astype(np.uint8)
-    return outline_overlay(np.repeat(gray[..., None], 3, axis=2), _resize_labels(labels, shape), label_colors)
+    return outline_overlay(_gray_panel(section, shape, window), _resize_labels(labels, shape), label_colors)
 
 
 def segmentation_overview(
