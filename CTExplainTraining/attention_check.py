@@ -62,8 +62,11 @@ class CaseAttention:
 
 def lesion_share(heat: np.ndarray, labels: np.ndarray, lesion_labels: Sequence[int]) -> float:
     """Share of ``heat``'s energy in the voxels whose label is one of ``lesion_labels``."""
-    lesion = np.isin(labels, list(lesion_labels)).astype(np.uint8)
-    return cam_energy_by_segment(heat, lesion, {1: LESION})[LESION]
+    return _share_inside(heat, np.isin(labels, list(lesion_labels)))
+
+
+def _share_inside(heat: np.ndarray, lesion: np.ndarray) -> float:
+    return cam_energy_by_segment(heat, lesion.astype(np.uint8), {1: LESION})[LESION]
 
 
 def manifest_cases(path: Path, split: Optional[str]) -> List[Example]:
@@ -83,11 +86,12 @@ def check_case(
     classification = classify_and_explain(classifier, preprocess(volume, classifier.metadata.input), method, device)
     heat = classification.heat_map(index, volume.grid)
     predicted = None if segmenter is None else segment(segmenter, volume, device).labels.array
+    lesion = np.isin(reference, list(lesion_labels))
     return CaseAttention(
         image=str(volume.metadata.get("source", "")),
         probability=float(classification.probabilities[index]),
-        cam_in_lesion=lesion_share(heat, reference, lesion_labels),
-        lesion_area=float(np.isin(reference, list(lesion_labels)).mean()),
+        cam_in_lesion=_share_inside(heat, lesion),
+        lesion_area=float(lesion.mean()),
         cam_in_predicted_lesion=None if predicted is None else lesion_share(heat, predicted, lesion_labels),
     ), heat, predicted
 
