@@ -574,16 +574,11 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _loadModels(classifier: Optional[str], segmenter: Optional[str]):
         from CTExplainLib.model_package import load_package
-        from CTExplainLib.models_catalog import (
-            DEFAULT_CLASSIFIER,
-            DEFAULT_SEGMENTER,
-            resolve_package,
-        )
+        from CTExplainLib.models_catalog import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER, chosen_segmenter, resolve_models
 
-        classifierModel = load_package(resolve_package(classifier or DEFAULT_CLASSIFIER))
-        if segmenter is not None and str(segmenter).lower() == "none":
-            return classifierModel, None
-        return classifierModel, load_package(resolve_package(segmenter or DEFAULT_SEGMENTER))
+        classifierPath, segmenterPath = resolve_models(classifier or DEFAULT_CLASSIFIER,
+                                                       chosen_segmenter(segmenter or None, DEFAULT_SEGMENTER))
+        return load_package(classifierPath), load_package(segmenterPath) if segmenterPath is not None else None
 
     def outputNodes(self, inputVolumeNode) -> List[Any]:
         """The nodes an earlier run made for this input (found by their attribute)."""
@@ -701,16 +696,10 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
         installed; "Default" stands in if it cannot be imported at all.
         """
         try:
-            from CTExplainLib.models_catalog import find_packages
-            packages = find_packages()
+            from CTExplainLib.models_catalog import model_choices
         except ImportError:
             return [("Default", "")], [("Default", ""), ("None", "none")]
-
-        def label(info) -> str:
-            return info.name + (" (untrained demo)" if info.untrained else "")
-
-        classifiers = [(label(p), str(p.path)) for p in packages if p.task != "segmentation"]
-        segmenters = [(label(p), str(p.path)) for p in packages if p.task == "segmentation"] + [("None", "none")]
+        classifiers, segmenters = model_choices()
         return classifiers or [("Default", "")], segmenters
 
     # -- dependencies ---------------------------------------------------------------------

@@ -117,3 +117,22 @@ def test_head_sample_is_hu_at_the_assumed_spacing() -> None:
     assert (hu > 1000).sum() > 10000  # skull
     brain = hu[15, 250:400, 250:400]
     assert 20 <= np.median(brain) <= 50
+
+
+def test_segmenter_choice_none_in_any_case_else_the_default() -> None:
+    from CTExplainLib.models_catalog import chosen_segmenter
+
+    assert chosen_segmenter(None, "chest-ct-segmenter") == "chest-ct-segmenter"
+    assert chosen_segmenter(None, None) is None  # a sample without one
+    assert chosen_segmenter("None", "chest-ct-segmenter") is None
+    assert chosen_segmenter("covid-infection-2d", None) == "covid-infection-2d"
+
+
+def test_model_choices_split_by_task_with_none_last() -> None:
+    from CTExplainLib.models_catalog import SHIPPED_MODELS, model_choices
+
+    classifiers, segmenters = model_choices()
+    assert ("head-ct-ich-findings", str(SHIPPED_MODELS / "head-ct-ich-findings")) in classifiers
+    assert ("chest-ct-segmenter", str(SHIPPED_MODELS / "chest-ct-segmenter")) in segmenters
+    assert segmenters[-1] == ("None", "none")
+    assert not {path for _, path in classifiers} & {path for _, path in segmenters}

@@ -27,6 +27,7 @@ from .models_catalog import (
     DEFAULT_SEGMENTER,
     SAMPLES,
     SampleCase,
+    chosen_segmenter,
     find_packages,
     locate_package,
     resolve_models,
@@ -85,11 +86,7 @@ def _model_names(args: argparse.Namespace, sample: Optional[SampleCase]) -> Tupl
     """The classifier and segmenter (None: none) a case runs with: --model/--segmenter when given,
     else the sample's own, else the defaults."""
     classifier = args.model or (sample.classifier if sample is not None else DEFAULT_CLASSIFIER)
-    if args.segmenter is not None:
-        segmenter: Optional[str] = None if args.segmenter.lower() == "none" else args.segmenter
-    else:
-        segmenter = sample.segmenter if sample is not None else DEFAULT_SEGMENTER
-    return classifier, segmenter
+    return classifier, chosen_segmenter(args.segmenter, sample.segmenter if sample is not None else DEFAULT_SEGMENTER)
 
 
 def _load_models(keys: Sequence[ModelKey], classes: Optional[Sequence[str]]) -> Dict[ModelKey, Models]:

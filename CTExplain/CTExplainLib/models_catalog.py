@@ -152,6 +152,29 @@ def resolve_package(name_or_path: Union[str, Path]) -> Path:
     return path
 
 
+NO_SEGMENTER = "none"  # what a user gives as the segmenter for none
+
+
+def chosen_segmenter(requested: Optional[str], default: Optional[str]) -> Optional[str]:
+    """The segmenter a case runs with: ``requested`` ("none", in any case: none), else ``default``."""
+    if requested is None:
+        return default
+    return None if requested.lower() == NO_SEGMENTER else requested
+
+
+def model_choices() -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
+    """(label, package path) of the classifiers and of the segmenters found (the segmenters end
+    with ("None", "none")), from their metadata alone."""
+    packages = find_packages()
+
+    def label(info: PackageInfo) -> str:
+        return info.name + (" (untrained demo)" if info.untrained else "")
+
+    classifiers = [(label(p), str(p.path)) for p in packages if p.task != "segmentation"]
+    segmenters = [(label(p), str(p.path)) for p in packages if p.task == "segmentation"] + [("None", NO_SEGMENTER)]
+    return classifiers, segmenters
+
+
 def resolve_models(classifier: Union[str, Path], segmenter: Union[str, Path, None]) -> Tuple[Path, Optional[Path]]:
     """The folders of a classifier and of a segmenter (None: no segmenter)."""
     return resolve_package(classifier), resolve_package(segmenter) if segmenter is not None else None
