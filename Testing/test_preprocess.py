@@ -163,6 +163,32 @@ def test_body_box_of_a_ct_holds_the_body_and_keeps_the_grid(real_ct: Volume) -> 
     assert box.size[0] < real_ct.grid.size[0] or box.size[1] < real_ct.grid.size[1]  # air around it is cut off
 
 
+def test_body_box_of_sub_millimetre_slices_is_the_full_resolution_box_within_an_averaged_pixel(data_dir) -> None:
+    """On 0.7 mm slices the box is found on pixels averaged to about 1.5 mm: its edges move by
+    less than one such pixel from those found pixel by pixel (the skin's partial pixels,
+    averaged with the air, may fall out)."""
+    from dataclasses import replace
+
+    from CTExplainLib.loading import load_volume
+    from CTExplainLib.preprocess import body_box
+
+    ct = load_volume(data_dir / "lidc-idri-0001")
+    every_8th = ct.array[::8].copy()  # slices 20 mm apart: the box's extent, in less time
+    ct = replace(ct, array=every_8th, grid=replace(ct.grid, size=(*ct.grid.size[:2], every_8th.shape[0])))
+    assert ct.grid.spacing[0] < 0.75  # averaged 2 x 2
+    coarse = body_box(ct, display_input=False)
+    as_if_1_5_mm = replace(ct, grid=replace(ct.grid, spacing=(1.5, 1.5, ct.grid.spacing[2])))  # no averaging
+    fine = body_box(as_if_1_5_mm, display_input=False)
+
+    def edges(box, grid) -> np.ndarray:
+        start = np.rint(grid.point_to_index(box.origin)).astype(int)[:2]
+        return np.concatenate([start, start + np.asarray(box.size[:2])])
+
+    coarse_edges, fine_edges = edges(coarse, ct.grid), edges(fine, as_if_1_5_mm.grid)
+    assert np.all(np.abs(coarse_edges - fine_edges) < 2)
+    assert coarse.size[1] < ct.grid.size[1]  # the air above and below the patient is cut off
+
+
 def test_histogram_normalisation_undoes_a_contrast_curve(data_dir) -> None:
     """Screenshots exported with another window or gamma: equalised, a slice and its re-curved
     copy give one input, where per-image standardisation does not."""

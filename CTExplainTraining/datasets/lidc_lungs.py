@@ -18,7 +18,7 @@ manifest's other labels:
   of self-training, so say so wherever a Dice is quoted.
 
 LIDC-IDRI-0001 is a sharp 0.7 x 0.7 x 2.5 mm scan. ``--coarse-mm 3`` adds a copy of it as a
-3 mm scanner would have taken it (blurred to that resolution, then resampled; labels by local
+3 mm scanner would have taken it (several values, several copies) (blurred to that resolution, then resampled; labels by local
 majority), so the U-Net also learns where the lungs end in thick, blurred CT, whose edge voxels
 mix lung with diaphragm and liver.
 
@@ -118,7 +118,10 @@ def coarser(ct: Volume, labels: Volume, spacing_mm: float) -> "tuple[Volume, Vol
     spacing along each axis), the labels by SimpleITK's label-Gaussian (local majority)."""
     spacing = np.asarray(ct.grid.spacing, dtype=float)
     sigma = np.sqrt(np.maximum(spacing_mm**2 - spacing**2, 0.0)) / FWHM_PER_SIGMA
-    blurred = sitk.SmoothingRecursiveGaussian(sitk.Cast(ct.to_sitk(), sitk.sitkFloat32), sigma.tolist())
+    blurred = sitk.Cast(ct.to_sitk(), sitk.sitkFloat32)
+    for axis, axis_sigma in enumerate(sigma):
+        if axis_sigma > 0.0:  # an axis already as coarse as the target (2.5 mm slices for 2 mm) is left as it is
+            blurred = sitk.RecursiveGaussian(blurred, float(axis_sigma), False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis)
     size = np.floor((np.asarray(ct.grid.size) - 1) * spacing / spacing_mm).astype(int) + 1
     grid = Grid(tuple(int(n) for n in size), (spacing_mm,) * 3, ct.grid.origin, ct.grid.direction)
     image = resample_image(blurred, grid, "linear", float(ct.array.min()), sitk.sitkInt16)
@@ -135,7 +138,7 @@ def _write_case(ct: Volume, labels: Volume, out: Path, stem: str, patient: str) 
 
 
 def prepare(lidc: Path, manifest: Path, out: Path, test_patient: str, lungs_label: int = 1,
-            liver_from: Optional[Path] = None, liver_label: int = 2, coarse_mm: Optional[float] = None) -> Path:
+            liver_from: Optional[Path] = None, liver_label: int = 2, coarse_mm: Sequence[float] = ()) -> Path:
     with open(manifest, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not any(row["patient"] == test_patient for row in rows):
@@ -151,8 +154,8 @@ def prepare(lidc: Path, manifest: Path, out: Path, test_patient: str, lungs_labe
         stem = "lidc_chest"
     out.mkdir(parents=True, exist_ok=True)
     rows.append(_write_case(ct, labels, out, stem, lidc.name))
-    if coarse_mm is not None:
-        rows.append(_write_case(*coarser(ct, labels, coarse_mm), out, f"{stem}_{coarse_mm:g}mm", lidc.name))
+    for spacing_mm in coarse_mm:
+        rows.append(_write_case(*coarser(ct, labels, spacing_mm), out, f"{stem}_{spacing_mm:g}mm", lidc.name))
     combined = out / "manifest.csv"
     with open(combined, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", "mask", "patient", "split"])
@@ -170,7 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--lungs-label", type=int, default=1, help="the lungs' value in the manifest's masks (default 1)")
     parser.add_argument("--liver-from", type=Path, help="segmenter package whose liver labels the whole series (default: upper chest only)")
     parser.add_argument("--liver-label", type=int, default=2, help="the liver's value in the manifest's masks (default 2)")
-    parser.add_argument("--coarse-mm", type=float, help="also add the series as a scanner with this isotropic resolution would have taken it")
+    parser.add_argument("--coarse-mm", type=float, nargs="+", default=[],
+                        help="also add the series as scanners with these isotropic resolutions would have taken it")
     args = parser.parse_args(argv)
     print(prepare(args.lidc, args.manifest, args.out, args.test, args.lungs_label, args.liver_from, args.liver_label, args.coarse_mm))
     return 0

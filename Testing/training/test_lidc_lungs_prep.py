@@ -64,7 +64,7 @@ def test_whole_chest_with_the_liver_from_a_segmenter(data_dir: Path, tmp_path: P
     at 3 mm, blurred, with the same organs at the same size."""
     manifest = prepare_totalsegmentator(data_dir / "totalsegmentator", tmp_path / "ts", ["lungs", "liver"])
     combined = add_lidc_lungs(data_dir / "lidc-idri-0001", manifest, tmp_path / "out", "example_ct_sm",
-                              liver_from=SHIPPED_MODELS / "chest-ct-segmenter", coarse_mm=3.0)
+                              liver_from=SHIPPED_MODELS / "chest-ct-segmenter", coarse_mm=[3.0])
     with open(combined, newline="") as handle:
         fine, coarse = [r for r in csv.DictReader(handle) if r["patient"] == "lidc-idri-0001"]
     mask = sitk.ReadImage(fine["mask"])
