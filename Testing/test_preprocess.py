@@ -239,3 +239,16 @@ def test_bodies_of_many_slices_at_once_are_each_slices_own(real_ct: Volume) -> N
     assert together[1, 10, 35] and not together[1, 10, 10]
     real = real_ct.array[10:16]
     np.testing.assert_array_equal(_slice_bodies(real, False, True), np.stack([slice_body(s, False) for s in real]))
+
+
+@pytest.mark.parametrize("low, high", [(-160.0, 240.0), (-1350.0, 150.0), (0.0, 255.0), (-20.0, 100.0)])
+def test_windows_are_monais_scale_intensity_range_to_the_last_bit(real_ct: Volume, low: float, high: float) -> None:
+    from monai.transforms import ScaleIntensityRange
+
+    from CTExplainLib.preprocess import window_to_unit
+
+    values = real_ct.array.astype(np.float32)
+    expected = np.asarray(ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(values))
+    windowed = window_to_unit(values, low, high, np.empty_like(values))
+    np.testing.assert_array_equal(windowed, expected)
+    assert 0.0 < windowed.mean() < 1.0  # the window cuts through the CT's values
