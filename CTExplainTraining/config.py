@@ -30,6 +30,9 @@ class TrainConfig:
     labels: Optional[List[str]] = None
     classes: Optional[List[str]] = None
     class_colors: Optional[List[Tuple[float, float, float]]] = None
+    # Segmentation: segment name -> at most this many 3D connected parts kept (the core's
+    # keep_largest_parts), in validation and in the exported package alike.
+    max_parts: Dict[str, int] = field(default_factory=dict)
     # Network, by registry name, and its extra keyword arguments.
     network: str = "CompactCNN"
     network_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -122,6 +125,11 @@ class TrainConfig:
             raise ManifestError(self.manifest, f"cache must be memory, disk or none, got {self.cache!r}")
         if self.cv == 1 or self.cv < 0:
             raise ManifestError(self.manifest, f"--cv needs at least 2 folds, got {self.cv}")
+        if self.max_parts and self.task != "segmentation":
+            raise ManifestError(self.manifest, "max_parts applies to segmentation only")
+        bad_parts = {name: n for name, n in self.max_parts.items() if isinstance(n, bool) or not isinstance(n, int) or n < 1}
+        if bad_parts:
+            raise ManifestError(self.manifest, f"max_parts must be whole numbers of at least 1, got {bad_parts}")
         if self.task == "segmentation" and self.patch_size is not None and len(self.patch_size) != self.spatial_dims:
             raise ManifestError(self.manifest, f"patch_size needs {self.spatial_dims} numbers, got {self.patch_size}")
         self.input_spec()

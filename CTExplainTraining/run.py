@@ -20,7 +20,7 @@ from .data import PreprocessedCases
 from .distributed import Distributed, barrier, init_distributed, process_device, shutdown
 from .engine import FitResult, StepCallback, Trainer
 from .export import export_package
-from .manifest import Example, Manifest, read_class_folders, read_manifest
+from .manifest import Example, Manifest, ManifestError, read_class_folders, read_manifest
 from .metrics import summarise_folds
 from .overlays import cam_overlays
 from .report import RunReport, write_report
@@ -43,8 +43,13 @@ class RunSummary:
 
 def load_manifest(config: TrainConfig) -> Manifest:
     if Path(config.manifest).is_dir():
-        return read_class_folders(config.manifest, task=config.task, classes=config.classes)
-    return read_manifest(config.manifest, config.task, label_columns=config.labels, classes=config.classes)
+        manifest = read_class_folders(config.manifest, task=config.task, classes=config.classes)
+    else:
+        manifest = read_manifest(config.manifest, config.task, label_columns=config.labels, classes=config.classes)
+    unknown = sorted(set(config.max_parts) - set(manifest.classes[1:]))
+    if unknown:
+        raise ManifestError(config.manifest, f"max_parts names {', '.join(unknown)}, not among its segments ({', '.join(manifest.classes[1:])})")
+    return manifest
 
 
 def _subset(manifest: Manifest, indices: Sequence[int]) -> List[Example]:

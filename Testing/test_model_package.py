@@ -193,3 +193,22 @@ def test_untrained_package_of_each_spatial_dim(tmp_path: Path) -> None:
     assert model.metadata.input.spatial_dims == 2
     with torch.no_grad():
         assert tuple(model.network(torch.rand(5, 1, 64, 64)).shape) == (5, 4)
+
+
+def test_segment_max_parts_are_read_and_checked(tmp_path: Path) -> None:
+    segmenter = demo_segmenter(tmp_path / "seg")
+    assert all(c.max_parts is None for c in load_package(segmenter).metadata.classes)  # packages without the key
+    data = json.loads((segmenter / METADATA_FILE).read_text())
+    data["classes"][1]["max_parts"] = 2
+    assert load_package(edit_metadata(segmenter, tmp_path / "two", classes=data["classes"])).metadata.classes[1].max_parts == 2
+    for bad in (0, "2", True, 1.5):
+        data["classes"][1]["max_parts"] = bad
+        with pytest.raises(ModelPackageError, match=r"seg.*max_parts must be a whole number of at least 1"):
+            load_package(edit_metadata(segmenter, tmp_path / f"bad{bad}", classes=data["classes"]))
+
+
+def test_max_parts_on_a_classifier_is_refused(classifier_dir: Path, tmp_path: Path) -> None:
+    data = json.loads((classifier_dir / METADATA_FILE).read_text())
+    data["classes"][0]["max_parts"] = 1
+    with pytest.raises(ModelPackageError, match="max_parts applies to segments"):
+        load_package(edit_metadata(classifier_dir, tmp_path / "cls", classes=data["classes"]))

@@ -25,3 +25,38 @@ def test_2d_probabilities_by_slabs_equal_all_slices_at_once(real_ct: Volume) -> 
     assert probabilities.shape == expected.shape == (len(model.metadata.classes),) + tuple(model_input.tensor.shape[1:])
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-5)
+
+
+def _blob_probabilities() -> np.ndarray:
+    """Three segments on a 6x40x40 grid: segment 1 wins two large blocks, a third block of
+    half their size and a speck; segment 2 wins one block; the background the rest."""
+    probabilities = np.zeros((3, 6, 40, 40), dtype=np.float32)
+    probabilities[0] = 0.6
+    probabilities[1, :, 2:18, 2:18] = 0.9  # 6*16*16 = 1536 voxels
+    probabilities[1, :, 22:38, 2:18] = 0.9  # as large
+    probabilities[1, :, 2:18, 22:30] = 0.9  # half: beyond the first two
+    probabilities[1, 2, 35, 35] = 0.9  # a speck
+    probabilities[2, :, 22:38, 22:30] = 0.8
+    return probabilities
+
+
+def test_keep_largest_parts_drops_the_parts_beyond_the_limit_and_the_specks() -> None:
+    probabilities = _blob_probabilities()
+    before = probabilities.copy()
+    segment.keep_largest_parts(probabilities, {1: 2, 2: 1})
+    winners = probabilities.argmax(axis=0)
+    assert (winners[:, 2:18, 2:18] == 1).all() and (winners[:, 22:38, 2:18] == 1).all()
+    assert (winners[:, 2:18, 22:30] == 0).all() and winners[2, 35, 35] == 0  # the third part and the speck
+    assert (winners[:, 22:38, 22:30] == 2).all()  # one part, kept
+    np.testing.assert_array_equal(probabilities[[0, 2]], before[[0, 2]])  # only segment 1 lost voxels
+    unlimited = before.copy()
+    segment.keep_largest_parts(unlimited, {2: 1})
+    np.testing.assert_array_equal(unlimited, before)
+
+
+def test_keep_largest_parts_drops_parts_under_a_tenth_of_the_largest_even_within_the_limit() -> None:
+    probabilities = _blob_probabilities()
+    segment.keep_largest_parts(probabilities, {1: 10})
+    winners = probabilities.argmax(axis=0)
+    assert (winners[:, 2:18, 22:30] == 1).all()  # half the largest: kept
+    assert winners[2, 35, 35] == 0  # 1 voxel of 1536

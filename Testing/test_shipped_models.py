@@ -2,10 +2,12 @@
 metadata records: no skew between the training run that measured them and inference."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from CTExplainLib.classify import probabilities_from_logits
@@ -13,6 +15,9 @@ from CTExplainLib.loading import load_volume
 from CTExplainLib.models_catalog import resolve_package
 from CTExplainLib.model_package import load_package
 from CTExplainLib.preprocess import preprocess
+from CTExplainLib.segment import segment
+from CTExplainTraining.datasets.totalsegmentator import group_lookup
+from CTExplainTraining.metrics import segmentation_metrics
 
 
 @pytest.mark.slow
@@ -35,3 +40,19 @@ def test_chest_4class_reproduces_its_recorded_test_accuracy_through_the_core(dat
     # One slice either way at most: the training run evaluated in batches, this in ones.
     assert np.abs(confusion - np.asarray(recorded["confusion_matrix"])).sum() <= 2, confusion.tolist()
     assert abs(float((truth_array == predicted_array).mean()) - recorded["accuracy"]) <= 1.0 / len(truth)
+
+
+def test_chest_segmenter_reproduces_its_recorded_held_out_dice_through_the_core(data_dir: Path) -> None:
+    """The held-out TotalSegmentator case, its lobes grouped into lungs as the recipe's data
+    preparation groups them: the Dice on the case's own grid is the one the package records."""
+    model = load_package(resolve_package("chest-ct-segmenter"))
+    names = [c.name for c in model.metadata.classes]
+    root = data_dir / "totalsegmentator"
+    lookup = group_lookup(json.loads((root / "labels_total_v2.json").read_text()), names[1:])
+    reference = lookup[sitk.GetArrayFromImage(sitk.ReadImage(str(root / "example_seg.nii.gz"))).astype(np.int64)]
+    labels = segment(model, load_volume(root / "example_ct_sm.nii.gz"), torch.device("cpu")).labels.array
+    measured = segmentation_metrics(labels.astype(np.int64), reference.astype(np.int64), names)["per_segment"]
+    recorded = model.metadata.provenance["metrics"]["test_input_grid"]["per_segment"]
+    for name in names[1:]:
+        assert measured[name]["voxels_prediction"] == recorded[name]["voxels_prediction"], name
+        assert abs(measured[name]["dice"] - recorded[name]["dice"]) < 1e-6, name

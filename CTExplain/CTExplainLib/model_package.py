@@ -72,6 +72,9 @@ class ClassSpec:
 
     name: str
     color: Tuple[float, float, float] = (1.0, 0.0, 0.0)  # RGB in [0, 1]
+    # Segments only: at most this many 3D connected parts are kept (see segment.keep_largest_parts),
+    # an anatomical prior such as two lungs or one liver; None keeps every part.
+    max_parts: Optional[int] = None
 
 
 @dataclass
@@ -178,6 +181,14 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
     )
 
 
+def _max_parts(value: Any, path: Path, name: str) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelPackageError(path, f"segment {name!r}: max_parts must be a whole number of at least 1, got {value!r}")
+    return value
+
+
 def parse_metadata(data: Dict[str, Any], path: Path) -> ModelMetadata:
     if data.get("format") != FORMAT:
         raise ModelPackageError(path, f"unknown package format {data.get('format')!r} (expected {FORMAT!r})")
@@ -185,11 +196,13 @@ def parse_metadata(data: Dict[str, Any], path: Path) -> ModelMetadata:
     if task not in TASKS:
         raise ModelPackageError(path, f"task must be one of {', '.join(TASKS)}, got {task!r}")
     classes = [
-        ClassSpec(str(c["name"]), tuple(float(v) for v in c.get("color", (1.0, 0.0, 0.0))))
+        ClassSpec(str(c["name"]), tuple(float(v) for v in c.get("color", (1.0, 0.0, 0.0))), _max_parts(c.get("max_parts"), path, str(c["name"])))
         for c in _require(data, "classes", path)
     ]
     if not classes:
         raise ModelPackageError(path, "metadata lists no classes")
+    if task != "segmentation" and any(c.max_parts is not None for c in classes):
+        raise ModelPackageError(path, "max_parts applies to segments; this package is a classifier")
     volume_score = str(data.get("volume_score", "max"))
     if volume_score not in ("max", "topk_mean"):
         raise ModelPackageError(path, f"volume_score must be 'max' or 'topk_mean', got {volume_score!r}")

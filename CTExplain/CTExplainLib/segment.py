@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, List, Tuple
+from typing import Callable, ContextManager, List, Mapping, Tuple
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from monai.inferers import sliding_window_inference
 
@@ -62,6 +63,35 @@ def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.de
         stop = min(start + SLICES_PER_PASS, slices)
         probabilities[start:stop] = _window_probabilities(network, model_input.slices(start, stop), roi, 4, device).numpy()
     return probabilities.transpose(1, 0, 2, 3)
+
+
+SMALLEST_PART_SHARE = 0.1  # a part under this share of a segment's largest is never one of its organs
+
+
+def keep_largest_parts(probabilities: np.ndarray, max_parts: Mapping[int, int]) -> None:
+    """In place: for each segment index in ``max_parts``, the voxels it wins (arg-max, first
+    segment on ties, as :func:`labels_on_grid`) outside its largest ``max_parts[index]`` 3D
+    connected parts, or in parts smaller than SMALLEST_PART_SHARE of its largest, get
+    probability 0 for it, so that the next best segment takes them.
+
+    An anatomical prior (two lungs, one liver): a 2D network sees each slice alone and calls
+    gas in a bowel loop below the lungs lungs, a blob no lung is connected to. Done on the
+    model grid, whose probabilities are at hand and smaller than the input's.
+    """
+    if not max_parts:
+        return
+    winners = np.empty(probabilities.shape[1:], dtype=np.uint16)
+    for start in range(0, winners.shape[0], SLICES_PER_PASS):  # no full-size int64 arg-max
+        winners[start : start + SLICES_PER_PASS] = probabilities[:, start : start + SLICES_PER_PASS].argmax(axis=0)
+    for index, most in max_parts.items():
+        relabel = sitk.RelabelComponentImageFilter()  # parts numbered from the largest down
+        parts = relabel.Execute(sitk.ConnectedComponent(sitk.GetImageFromArray((winners == index).view(np.uint8))))
+        sizes = relabel.GetSizeOfObjectsInPixels()
+        if not sizes:
+            continue
+        kept = sum(1 for size in sizes[:most] if size >= SMALLEST_PART_SHARE * sizes[0])
+        probabilities[index][sitk.GetArrayViewFromImage(parts) > kept] = 0.0
+        del parts  # the view above must not outlive its image
 
 
 def labels_on_grid(probabilities: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
@@ -132,6 +162,7 @@ def segment(model: LoadedModel, volume: Volume, device: torch.device, stage: Cal
     warnings: List[str] = []
     probabilities, grid = _model_grid_probabilities(model, volume, device, stage, warnings)
     with stage("map labels"):
+        keep_largest_parts(probabilities, {index: c.max_parts for index, c in enumerate(metadata.classes) if index > 0 and c.max_parts})
         labels = labels_on_grid(probabilities, grid, volume.grid)
     segments = [SegmentInfo(index, c.name, tuple(c.color)) for index, c in enumerate(metadata.classes) if index > 0]
     return Segmentation(volume.with_array(labels, kind="labels", model=metadata.name), segments, warnings)

@@ -233,3 +233,19 @@ def test_flat_class_folders(tmp_path: Path, heads: List[Path]) -> None:
     (tmp_path / "test").mkdir()
     with pytest.raises(ManifestError, match="mixes split folders"):
         read_class_folders(tmp_path)
+
+
+def test_max_parts_are_checked_before_training(tmp_path: Path, volumes: List[Path]) -> None:
+    from CTExplainTraining.config import make_config
+    from CTExplainTraining.run import load_manifest
+
+    rows = [[f"cases/case{i}.nii.gz", f"cases/case{i}_seg.nii.gz", "train" if i < 3 else "valid"] for i in range(4)]
+    csv_path = _write_csv(tmp_path / "seg.csv", ["image", "mask", "split"], rows)
+    run = {"manifest": str(csv_path), "task": "segmentation", "out": str(tmp_path / "run"), "classes": ["background", "liver", "spleen"]}
+    assert load_manifest(make_config({**run, "max_parts": {"liver": 1}})).classes == ["background", "liver", "spleen"]
+    with pytest.raises(ManifestError, match=r"seg.csv: max_parts names lungs, not among its segments \(liver, spleen\)"):
+        load_manifest(make_config({**run, "max_parts": {"lungs": 2, "liver": 1}}))
+    with pytest.raises(ManifestError, match="whole numbers of at least 1"):
+        make_config({**run, "max_parts": {"liver": 0}})
+    with pytest.raises(ManifestError, match="max_parts applies to segmentation only"):
+        make_config({**run, "task": "multiclass", "max_parts": {"liver": 1}})
