@@ -194,8 +194,8 @@ def body_box(volume: Volume, display_input: bool) -> Grid:
     Sub-millimetre slices are averaged in-plane to about BODY_MASK_SPACING_MM first, as the
     anatomy's body mask is: a box needs no finer outline, and the labelling work shrinks by
     the square. The box edges then fall on whole averaged pixels, less than one such pixel
-    (about 1.5 mm) from where full resolution puts them. Images of 1 mm pixels or coarser (the 2D screenshots
-    models train on) are labelled as they are."""
+    (about 1.5 mm) from where full resolution puts them. Images of 1 mm pixels or coarser
+    (the 2D screenshots models train on) are labelled as they are."""
     shrink = max(1, int(BODY_MASK_SPACING_MM // min(volume.grid.spacing[:2])))
     depth, height, width = volume.array.shape
     rows = np.zeros(height // shrink, dtype=bool)  # j

@@ -74,9 +74,9 @@ def keep_largest_parts(probabilities: np.ndarray, max_parts: Mapping[int, int]) 
     connected parts, or in parts smaller than SMALLEST_PART_SHARE of its largest, get
     probability 0 for it, so that the next best segment takes them.
 
-    An anatomical prior (two lungs, one liver): a 2D network sees each slice alone and calls
-    gas in a bowel loop below the lungs lungs, a blob no lung is connected to. Done on the
-    model grid, whose probabilities are at hand and smaller than the input's.
+    An anatomical prior (two lungs, one liver): a 2D network sees each slice alone and may
+    take gas in a bowel loop below the lungs for lung, a blob no lung is connected to. Done on
+    the model grid, whose probabilities are at hand and smaller than the input's.
     """
     if not max_parts:
         return

@@ -18,9 +18,9 @@ manifest's other labels:
   of self-training, so say so wherever a Dice is quoted.
 
 LIDC-IDRI-0001 is a sharp 0.7 x 0.7 x 2.5 mm scan. ``--coarse-mm 3`` adds a copy of it as a
-3 mm scanner would have taken it (several values, several copies) (blurred to that resolution, then resampled; labels by local
-majority), so the U-Net also learns where the lungs end in thick, blurred CT, whose edge voxels
-mix lung with diaphragm and liver.
+3 mm scanner would have taken it (blurred to that resolution, then resampled; labels by local
+majority), and ``--coarse-mm 2 3 4`` one copy for each, so the U-Net also learns where the
+lungs end in thick, blurred CT, whose edge voxels mix lung with diaphragm and liver.
 
     python -m CTExplainTraining.datasets.lidc_lungs ../shared/data/lidc-idri-0001 \\
         build/totalsegmentator-lungs-liver/manifest.csv build/chest-lungs-liver --test example_ct_sm \\
