@@ -60,3 +60,17 @@ def test_keep_largest_parts_drops_parts_under_a_tenth_of_the_largest_even_within
     winners = probabilities.argmax(axis=0)
     assert (winners[:, 2:18, 22:30] == 1).all()  # half the largest: kept
     assert winners[2, 35, 35] == 0  # 1 voxel of 1536
+
+
+def test_settled_winners_need_a_clear_lead_over_the_whole_block() -> None:
+    """A model-grid voxel is settled only where its 2x2x2 block (the far edges repeated) has one
+    winner everywhere, leading by more than SETTLED_MARGIN: near-ties are left to interpolation."""
+    probabilities = _blob_probabilities()
+    unsettled = np.iinfo(np.uint8).max
+    settled = segment._settled_winners(probabilities, np.uint8)
+    assert settled[0, 5, 5] == 1 and settled[5, 30, 25] == 2 and settled[5, 39, 39] == 0  # inside blocks, far corner
+    assert settled[0, 17, 5] == unsettled and settled[0, 1, 5] == unsettled  # block reaches the background
+    assert settled[2, 34, 34] == unsettled  # the speck's block
+    near_tie = probabilities.copy()
+    near_tie[2, :, 22:38, 22:30] = 0.6 + segment.SETTLED_MARGIN / 2  # leads the background by half the margin
+    assert segment._settled_winners(near_tie, np.uint8)[3, 30, 25] == unsettled

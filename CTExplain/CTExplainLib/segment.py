@@ -108,18 +108,59 @@ def labels_on_grid(probabilities: np.ndarray, source: Grid, target: Grid) -> np.
     if plan is None:
         _labels_by_slabs(probabilities, source, target, labels)
         return labels
-    # Axis-parallel grids: one target slice at a time, every segment's resampling in step.
-    best = np.empty(target.shape[1:], dtype=np.float32)
-    better = np.empty(target.shape[1:], dtype=bool)
-    channels = [plan.slices(p, "linear", 1.0 if index == 0 else 0.0, np.float32, best if index == 0 else None) for index, p in enumerate(probabilities)]
-    for k, _ in channels[0]:
-        for index in range(1, len(channels)):
-            _, candidate = next(channels[index])
-            np.greater(candidate, best, out=better)
-            np.copyto(labels[k], index, where=better)
-            if index + 1 < len(channels):  # the last segment's values are needed by no comparison
+    # Axis-parallel grids, one target slice at a time. A target voxel whose model-grid
+    # neighbours all have the same clear winner keeps it (its values are weighted means of
+    # values in which the winner leads by SETTLED_MARGIN, far above float32 rounding); only the
+    # voxels near a boundary between segments are interpolated, exactly as SimpleITK would.
+    unsettled = np.iinfo(dtype).max
+    settled = _settled_winners(probabilities, dtype)
+    for k in range(target.size[2]):
+        if not plan.k.inside[k]:
+            continue  # outside the model grid: background, as the image was created
+        slice_labels = labels[k]
+        slice_labels[...] = settled[plan.k.lower[k]][np.ix_(plan.j.lower, plan.i.lower)]
+        slice_labels[~plan.j.inside, :] = 0  # outside: the background's 1 beats the others' 0
+        slice_labels[:, ~plan.i.inside] = 0
+        rows, columns = np.nonzero(slice_labels == unsettled)
+        if rows.size:
+            best = plan.linear_values_at(probabilities[0], k, rows, columns, 1.0)
+            chosen = np.zeros(rows.size, dtype=dtype)
+            for index in range(1, len(probabilities)):
+                candidate = plan.linear_values_at(probabilities[index], k, rows, columns, 0.0)
+                chosen[candidate > best] = index  # the first segment with the largest value wins
                 np.maximum(best, candidate, out=best)
+            slice_labels[rows, columns] = chosen
     return labels
+
+
+SETTLED_MARGIN = 1e-4  # lead of a model-grid winner that no interpolation or rounding overturns
+
+
+def _settled_winners(probabilities: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """On the model grid: the segment that wins by more than SETTLED_MARGIN everywhere in the
+    2x2x2 block of voxels from (k, j, i) on (the last voxels repeated along each far edge, as
+    linear interpolation reads them), or the dtype's largest value where they disagree."""
+    unsettled = np.iinfo(dtype).max
+    settled = np.full(probabilities.shape[1:], unsettled, dtype=dtype)
+    if len(probabilities) < 2:
+        settled[...] = 0
+        return settled
+    for start in range(0, settled.shape[0], SLICES_PER_PASS):
+        # The leader and the runner-up, segment by segment (the first of equals leads, as in
+        # the arg-max); sorting along the segments of this strided array took several times longer.
+        chunk = probabilities[:, start : start + SLICES_PER_PASS]
+        first, second = chunk[0].copy(), np.full(chunk.shape[1:], -np.inf, dtype=chunk.dtype)
+        winner = np.zeros(chunk.shape[1:], dtype=dtype)
+        for index in range(1, len(chunk)):
+            better = chunk[index] > first
+            np.maximum(second, np.where(better, first, chunk[index]), out=second)
+            np.copyto(first, chunk[index], where=better)
+            winner[better] = index
+        np.copyto(settled[start : start + SLICES_PER_PASS], winner, where=first - second > SETTLED_MARGIN)
+    for axis in range(3):
+        following = np.take(settled, np.minimum(np.arange(1, settled.shape[axis] + 1), settled.shape[axis] - 1), axis=axis)
+        settled[settled != following] = unsettled
+    return settled
 
 
 def _labels_by_slabs(probabilities: np.ndarray, source: Grid, target: Grid, labels: np.ndarray) -> None:
