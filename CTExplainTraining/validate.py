@@ -135,11 +135,6 @@ def segment_case(network: torch.nn.Module, config: TrainConfig, tensor: torch.Te
     return probabilities.permute(1, 0, 2, 3) if is_2d else probabilities[0]
 
 
-def parts_by_index(config: TrainConfig, segment_names: Sequence[str]) -> Dict[int, int]:
-    """``config.max_parts`` by segment index (background, index 0, never limited)."""
-    return {index: config.max_parts[name] for index, name in enumerate(segment_names) if index > 0 and name in config.max_parts}
-
-
 @torch.no_grad()
 def validate_segmenter(
     network: torch.nn.Module, config: TrainConfig, segment_names: Sequence[str], cases: PreprocessedCases,
@@ -149,7 +144,7 @@ def validate_segmenter(
     for image, _ in _by_image(examples).items():
         case = cases.case(image)
         probabilities = segment_case(network, config, case[IMAGE], device)
-        keep_largest_parts(probabilities.numpy(), parts_by_index(config, segment_names))  # as the core will
+        keep_largest_parts(probabilities.numpy(), [config.max_parts.get(name) for name in segment_names])  # as the core will
         reference = case[LABEL][0].long()
         # Dice + cross-entropy on probabilities: the loss function's own inputs are logits.
         losses.append(float(loss_fn(torch.log(probabilities.clamp_min(1e-6))[None], reference[None, None])))

@@ -43,20 +43,20 @@ def _blob_probabilities() -> np.ndarray:
 def test_keep_largest_parts_drops_the_parts_beyond_the_limit_and_the_specks() -> None:
     probabilities = _blob_probabilities()
     before = probabilities.copy()
-    segment.keep_largest_parts(probabilities, {1: 2, 2: 1})
+    segment.keep_largest_parts(probabilities, [None, 2, 1])
     winners = probabilities.argmax(axis=0)
     assert (winners[:, 2:18, 2:18] == 1).all() and (winners[:, 22:38, 2:18] == 1).all()
     assert (winners[:, 2:18, 22:30] == 0).all() and winners[2, 35, 35] == 0  # the third part and the speck
     assert (winners[:, 22:38, 22:30] == 2).all()  # one part, kept
     np.testing.assert_array_equal(probabilities[[0, 2]], before[[0, 2]])  # only segment 1 lost voxels
     unlimited = before.copy()
-    segment.keep_largest_parts(unlimited, {2: 1})
+    segment.keep_largest_parts(unlimited, [None, None, 1])
     np.testing.assert_array_equal(unlimited, before)
 
 
 def test_keep_largest_parts_drops_parts_under_a_tenth_of_the_largest_even_within_the_limit() -> None:
     probabilities = _blob_probabilities()
-    segment.keep_largest_parts(probabilities, {1: 10})
+    segment.keep_largest_parts(probabilities, [None, 10, None])
     winners = probabilities.argmax(axis=0)
     assert (winners[:, 2:18, 22:30] == 1).all()  # half the largest: kept
     assert winners[2, 35, 35] == 0  # 1 voxel of 1536

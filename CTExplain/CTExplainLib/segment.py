@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, List, Mapping, Tuple
+from typing import Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -68,22 +68,24 @@ def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.de
 SMALLEST_PART_SHARE = 0.1  # a part under this share of a segment's largest is never one of its organs
 
 
-def keep_largest_parts(probabilities: np.ndarray, max_parts: Mapping[int, int]) -> None:
-    """In place: for each segment index in ``max_parts``, the voxels it wins (arg-max, first
-    segment on ties, as :func:`labels_on_grid`) outside its largest ``max_parts[index]`` 3D
-    connected parts, or in parts smaller than SMALLEST_PART_SHARE of its largest, get
-    probability 0 for it, so that the next best segment takes them.
+def keep_largest_parts(probabilities: np.ndarray, max_parts: Sequence[Optional[int]]) -> None:
+    """In place: for each segment with a ``max_parts`` entry (one per segment; the background's
+    and None limit nothing), the voxels it wins (arg-max, first segment on ties, as
+    :func:`labels_on_grid`) outside its largest ``max_parts[index]`` 3D connected parts, or in
+    parts smaller than SMALLEST_PART_SHARE of its largest, get probability 0 for it, so that
+    the next best segment takes them.
 
     An anatomical prior (two lungs, one liver): a 2D network sees each slice alone and may
     take gas in a bowel loop below the lungs for lung, a blob no lung is connected to. Done on
     the model grid, whose probabilities are at hand and smaller than the input's.
     """
-    if not max_parts:
+    limited = [(index, most) for index, most in enumerate(max_parts) if index > 0 and most]
+    if not limited:
         return
     winners = np.empty(probabilities.shape[1:], dtype=np.uint16)
-    for start in range(0, winners.shape[0], SLICES_PER_PASS):  # no full-size int64 arg-max
-        winners[start : start + SLICES_PER_PASS] = probabilities[:, start : start + SLICES_PER_PASS].argmax(axis=0)
-    for index, most in max_parts.items():
+    for start, stop, winner, _ in _leaders(probabilities, winners.dtype):
+        winners[start:stop] = winner
+    for index, most in limited:
         relabel = sitk.RelabelComponentImageFilter()  # parts numbered from the largest down
         parts = relabel.Execute(sitk.ConnectedComponent(sitk.GetImageFromArray((winners == index).view(np.uint8))))
         sizes = relabel.GetSizeOfObjectsInPixels()
@@ -92,6 +94,23 @@ def keep_largest_parts(probabilities: np.ndarray, max_parts: Mapping[int, int]) 
         kept = sum(1 for size in sizes[:most] if size >= SMALLEST_PART_SHARE * sizes[0])
         probabilities[index][sitk.GetArrayViewFromImage(parts) > kept] = 0.0
         del parts  # the view above must not outlive its image
+
+
+def _leaders(probabilities: np.ndarray, dtype: np.dtype) -> Iterator[Tuple[int, int, np.ndarray, np.ndarray]]:
+    """(start, stop, winner, lead) for slices [start, stop) of the model grid, a few at a time:
+    the winning segment (the first of equals, as an arg-max) and its lead over the runner-up
+    (infinite for a single segment). Segment by segment: an arg-max or a sort along the
+    segments of this strided array took several times longer."""
+    for start in range(0, probabilities.shape[1], SLICES_PER_PASS):
+        chunk = probabilities[:, start : start + SLICES_PER_PASS]
+        first, second = chunk[0].copy(), np.full(chunk.shape[1:], -np.inf, dtype=chunk.dtype)
+        winner = np.zeros(chunk.shape[1:], dtype=dtype)
+        for index in range(1, len(chunk)):
+            better = chunk[index] > first
+            np.maximum(second, np.where(better, first, chunk[index]), out=second)
+            np.copyto(first, chunk[index], where=better)
+            winner[better] = index
+        yield start, start + chunk.shape[1], winner, first - second
 
 
 def labels_on_grid(probabilities: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
@@ -142,21 +161,8 @@ def _settled_winners(probabilities: np.ndarray, dtype: np.dtype) -> np.ndarray:
     linear interpolation reads them), or the dtype's largest value where they disagree."""
     unsettled = np.iinfo(dtype).max
     settled = np.full(probabilities.shape[1:], unsettled, dtype=dtype)
-    if len(probabilities) < 2:
-        settled[...] = 0
-        return settled
-    for start in range(0, settled.shape[0], SLICES_PER_PASS):
-        # The leader and the runner-up, segment by segment (the first of equals leads, as in
-        # the arg-max); sorting along the segments of this strided array took several times longer.
-        chunk = probabilities[:, start : start + SLICES_PER_PASS]
-        first, second = chunk[0].copy(), np.full(chunk.shape[1:], -np.inf, dtype=chunk.dtype)
-        winner = np.zeros(chunk.shape[1:], dtype=dtype)
-        for index in range(1, len(chunk)):
-            better = chunk[index] > first
-            np.maximum(second, np.where(better, first, chunk[index]), out=second)
-            np.copyto(first, chunk[index], where=better)
-            winner[better] = index
-        np.copyto(settled[start : start + SLICES_PER_PASS], winner, where=first - second > SETTLED_MARGIN)
+    for start, stop, winner, lead in _leaders(probabilities, dtype):
+        np.copyto(settled[start:stop], winner, where=lead > SETTLED_MARGIN)
     for axis in range(3):
         following = np.take(settled, np.minimum(np.arange(1, settled.shape[axis] + 1), settled.shape[axis] - 1), axis=axis)
         settled[settled != following] = unsettled
@@ -203,7 +209,7 @@ def segment(model: LoadedModel, volume: Volume, device: torch.device, stage: Cal
     warnings: List[str] = []
     probabilities, grid = _model_grid_probabilities(model, volume, device, stage, warnings)
     with stage("map labels"):
-        keep_largest_parts(probabilities, {index: c.max_parts for index, c in enumerate(metadata.classes) if index > 0 and c.max_parts})
+        keep_largest_parts(probabilities, [c.max_parts for c in metadata.classes])
         labels = labels_on_grid(probabilities, grid, volume.grid)
     segments = [SegmentInfo(index, c.name, tuple(c.color)) for index, c in enumerate(metadata.classes) if index > 0]
     return Segmentation(volume.with_array(labels, kind="labels", model=metadata.name), segments, warnings)
