@@ -47,6 +47,12 @@ def body_mask(ct: Volume, threshold_hu: float = BODY_ABOVE_HU) -> np.ndarray:
     return body_mask_from(small, grid, ct.grid)
 
 
+def body_mask_shrink(grid: Grid) -> int:
+    """Pixels averaged along i and j (each) to bring ``grid``'s slices to about
+    BODY_MASK_SPACING_MM for finding the body: 1 for pixels coarser than 0.75 mm."""
+    return max(1, int(BODY_MASK_SPACING_MM // min(grid.spacing[:2])))
+
+
 def body_mask_from(small: np.ndarray, grid: Grid, target: Grid) -> np.ndarray:
     """A 0/1 mask on ``grid`` brought (nearest neighbour) to ``target``, as booleans."""
     return resample_array(small, grid, target, "nearest", 0.0, sitk.sitkUInt8).view(bool)
@@ -68,7 +74,7 @@ def _coarse_body_mask(ct: Volume, threshold_hu: float) -> Optional[Tuple[np.ndar
     # component is picked from shape statistics rather than by relabelling the whole volume.
     # Sub-millimetre slices are averaged in-plane to about BODY_MASK_SPACING_MM first: the
     # outline of a body needs no finer voxels, and the work shrinks by the square.
-    shrink = max(1, int(BODY_MASK_SPACING_MM // min(ct.grid.spacing[:2])))
+    shrink = body_mask_shrink(ct.grid)
     if shrink > 1:
         # Slab by slab (the shrinking is per slice), so that no full-size copy of the CT is made.
         pieces = []

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import HistogramNormalize, NormalizeIntensity
 
-from .anatomy import BODY_ABOVE_HU, BODY_MASK_SPACING_MM, fill_holes_per_slice
+from .anatomy import BODY_ABOVE_HU, body_mask_shrink, fill_holes_per_slice
 from .model_package import FIT_POLICIES, InputSpec
 from .resample import resample_array
 from .volume import Grid, Volume
@@ -196,7 +196,7 @@ def body_box(volume: Volume, display_input: bool) -> Grid:
     the square. The box edges then fall on whole averaged pixels, less than one such pixel
     (about 1.5 mm) from where full resolution puts them. Images of 1 mm pixels or coarser
     (the 2D screenshots models train on) are labelled as they are."""
-    shrink = max(1, int(BODY_MASK_SPACING_MM // min(volume.grid.spacing[:2])))
+    shrink = body_mask_shrink(volume.grid)
     depth, height, width = volume.array.shape
     rows = np.zeros(height // shrink, dtype=bool)  # j
     columns = np.zeros(width // shrink, dtype=bool)  # i
