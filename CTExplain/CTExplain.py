@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -431,11 +430,9 @@ class CTExplainRun:
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the run ends; True if it succeeded."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"CTExplain: the run did not end within {timeout} s")
-            time.sleep(0.05)
+        from CTExplainLib.background import poll_until
+
+        poll_until(self.poll, timeout, lambda: TimeoutError(f"CTExplain: the run did not end within {timeout} s"))
         return self.error is None
 
     def cancel(self) -> None:

@@ -200,3 +200,15 @@ def test_outputs_off_the_input_grid_are_refused(tmp_path):
         outputs.heat_map("a")
     with pytest.raises(KeyError):
         outputs.heat_map("b")
+
+
+def test_poll_until_returns_when_done_and_raises_its_error_at_the_deadline() -> None:
+    from CTExplainLib.background import poll_until
+
+    calls = []
+    poll_until(lambda: calls.append(1) or len(calls) == 3, timeout=None, timed_out=lambda: AssertionError("no deadline"))
+    assert len(calls) == 3
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not end"):
+        poll_until(lambda: False, timeout=0.2, timed_out=lambda: TimeoutError("did not end"))
+    assert time.monotonic() - started >= 0.2  # not before its deadline

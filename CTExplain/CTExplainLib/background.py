@@ -85,6 +85,19 @@ def core_environment(base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
+POLL_INTERVAL_S = 0.05
+
+
+def poll_until(done: Callable[[], bool], timeout: Optional[float], timed_out: Callable[[], Exception]) -> None:
+    """Call ``done`` every POLL_INTERVAL_S until it is true; raise ``timed_out()`` once
+    ``timeout`` seconds (None: no limit) have passed without it."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not done():
+        if deadline is not None and time.monotonic() > deadline:
+            raise timed_out()
+        time.sleep(POLL_INTERVAL_S)
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (an exited process nobody reaped yet)."""
     if os.name == "nt":
@@ -188,14 +201,11 @@ class BackgroundProcess:
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Block until the process ends (delivering events meanwhile); its exit status."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.poll()
-            if status is not None:
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(self.command, timeout)  # type: ignore[arg-type]
-            time.sleep(0.05)
+        poll_until(lambda: self.poll() is not None, timeout,
+                   lambda: subprocess.TimeoutExpired(self.command, timeout))  # type: ignore[arg-type]
+        status = self.poll()  # the process has ended: its status again
+        assert status is not None
+        return status
 
     def cancel(self, timeout: float = TERMINATE_TIMEOUT_S) -> None:
         """Kill the process and every process it started (its process group / tree); then reap it.
@@ -368,11 +378,7 @@ class BackgroundExplain:
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the run ends; True if it succeeded."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"CTExplain: the background run did not end within {timeout} s")
-            time.sleep(0.05)
+        poll_until(self.poll, timeout, lambda: TimeoutError(f"CTExplain: the background run did not end within {timeout} s"))
         return self.error is None
 
     def cancel(self) -> None:
