@@ -245,7 +245,7 @@ def test_bodies_of_many_slices_at_once_are_each_slices_own(real_ct: Volume) -> N
 def test_windows_are_monais_scale_intensity_range_to_the_last_bit(real_ct: Volume, low: float, high: float) -> None:
     from monai.transforms import ScaleIntensityRange
 
-    from CTExplainLib.preprocess import window_to_unit
+    from CTExplainLib.windowing import window_to_unit
 
     values = real_ct.array.astype(np.float32)
     expected = np.asarray(ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(values))

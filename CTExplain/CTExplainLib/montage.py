@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .volume import Grid, Volume
+from .windowing import window_bounds, window_to_unit
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,8 @@ def window_to_gray(ct_slice: np.ndarray, window: Tuple[float, float]) -> np.ndar
     level, width = float(window[0]), float(window[1])
     if width <= 0:
         raise ValueError(f"window width must be positive, got {width}")
-    low = level - width / 2.0
-    return np.clip((ct_slice.astype(np.float32) - low) / width, 0.0, 1.0)
+    values = ct_slice.astype(np.float32)
+    return window_to_unit(values, *window_bounds(level, width), out=values)
 
 
 def _resize_float(values: np.ndarray, shape: PanelShape) -> np.ndarray:
