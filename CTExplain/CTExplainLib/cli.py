@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), help="mm spacing of 2D image stacks")
     explain.add_argument("--format", dest="image_format", choices=("nrrd", "nii.gz"), default="nrrd")
     explain.add_argument("--slice-labels", type=Path, default=None, help="CSV (case,slice,positive): report CAM energy in positive slices")
-    explain.add_argument("--keep-phi", action="store_true", help="keep patient name/ID in result.json")
+    explain.add_argument("--keep-phi", action="store_true", help="keep patient name/ID in result.json (and in the DICOM outputs)")
+    explain.add_argument("--dicom-out", action="store_true",
+                         help="DICOM input only: also write the label map as a DICOM SEG and each heat map as a DICOM Parametric Map")
     explain.add_argument("--no-progress", action="store_true", help="no progress bar")
     explain.add_argument("--progress-jsonl", action="store_true",
                          help="machine-readable progress: one JSON object per line on stdout (the summary goes to stderr)")
@@ -183,6 +185,18 @@ class JsonlProgress:
         self.stream.flush()
 
 
+def _write_cohort_summary(out: Path, results: Sequence[CaseResult]) -> None:
+    """summary.csv and summary.html in ``out`` when several cases ran and one at least succeeded."""
+    if len(results) < 2 or not any(r.ok for r in results):
+        return
+    from .outputs.report import CaseEntry, write_cohort_summary
+
+    try:
+        write_cohort_summary(out, [CaseEntry(r.input, r.output if r.ok else None, r.error) for r in results])
+    except OSError as exc:
+        print(f"error: {out}: cannot write the cohort summary: {exc}", file=sys.stderr)
+
+
 def run_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -210,6 +224,7 @@ def run_explain(args: argparse.Namespace) -> int:
         device=args.device,
         image_format=args.image_format,
         keep_phi=args.keep_phi,
+        dicom_out=args.dicom_out,
         series_uid=args.series_uid,
         image_spacing=tuple(args.spacing) if args.spacing else None,
         slice_labels=slice_labels,
@@ -240,6 +255,7 @@ def run_explain(args: argparse.Namespace) -> int:
     for path, problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     print(_summary(results), file=sys.stderr if jsonl is not None else sys.stdout)
+    _write_cohort_summary(args.out, results)
     return 0 if all(r.ok for r in results) else EXIT_CASE_FAILED
 
 

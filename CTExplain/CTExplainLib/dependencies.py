@@ -40,6 +40,7 @@ REQUIREMENTS = (
     Requirement("pydicom", "pydicom>=2.4"),
     Requirement("pylibjpeg", "pylibjpeg>=2.0"),
     Requirement("openjpeg", "pylibjpeg-openjpeg>=2.0"),
+    Requirement("highdicom", "highdicom>=0.23"),
     Requirement("safetensors", "safetensors>=0.4"),
     Requirement("slicerio", "slicerio>=1.1"),
     Requirement("PIL", "pillow>=10"),

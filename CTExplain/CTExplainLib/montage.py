@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -32,6 +32,12 @@ MAX_HEAT_ALPHA = 0.6
 # blob, and those should not tint the CT.
 HEAT_FLOOR = 1e-3
 PANEL_TITLES = ("CT", "heat map", "anatomy")
+# Below the rows: the heat map's colour bar, then the outline legend (or the no-segmenter note).
+COLORBAR_PX = 10
+SWATCH_PX = 10
+FOOTER_PX = 2 * (TEXT_LINE_PX + GAP_PX)
+NO_SEGMENTER_NOTE = "no segmenter ran: no anatomy outlines"
+LegendEntry = Tuple[int, str, Color]  # a segment's label value, name and RGB colour (0..1)
 
 
 @dataclass(frozen=True)
@@ -219,7 +225,8 @@ def montage_layout(panel: PanelShape, rows: int) -> Dict[str, int]:
     row_h = TEXT_LINE_PX + panel.height + GAP_PX
     return {
         "width": 3 * panel.width + 4 * GAP_PX,
-        "height": header + rows * row_h,
+        "height": header + rows * row_h + FOOTER_PX,
+        "footer_top": header + rows * row_h,
         "first_panel_top": header + TEXT_LINE_PX,
         "row_pitch": row_h,
         "column_pitch": panel.width + GAP_PX,
@@ -260,6 +267,7 @@ def finding_montage(
     label_colors: Optional[Dict[int, Color]] = None,
     radiological: bool = False,
     energy: Optional[np.ndarray] = None,
+    segments: Optional[Sequence[LegendEntry]] = None,
 ) -> np.ndarray:
     """An (H, W, 3) uint8 picture of one finding on its ``slices`` key axial slices.
 
@@ -275,6 +283,11 @@ def finding_montage(
 
     ``energy``, the map's :func:`slice_energy` if already computed (e.g. by the anatomy
     statistics), saves a pass over the map.
+
+    Below the rows, a colour bar reads the heat map's colours (0 to 1), and a legend names
+    each outline's colour: ``segments`` (label value, name, RGB), the package's segments, give
+    the outlines their colours unless ``label_colors`` does; with ``labels`` None a note says
+    that no segmenter ran.
     """
     heat = np.asarray(heat)
     _check_inputs(ct, heat, labels, slices)
@@ -284,6 +297,8 @@ def finding_montage(
         raise ValueError(f"{np.shape(energy)} slice energies for a map of {heat.shape[0]} slices")
     chosen = key_slices_of_energy(energy, slices)
     total = float(energy.sum())
+    if label_colors is None and segments:
+        label_colors = segment_colors(segments)
     rows = [(k, slice_panels(ct, heat, labels, k, window, MAX_PANEL_PX, label_colors, radiological)) for k in chosen]
     layout = montage_layout(montage_panel_shape(ct), len(rows))
     canvas = Image.new("RGB", (layout["width"], layout["height"]), (0, 0, 0))
@@ -296,7 +311,91 @@ def finding_montage(
         _draw_text(canvas, (GAP_PX, top - TEXT_LINE_PX + 1), f"slice k={k}  ({100.0 * share:.0f}% of map energy)")
         for column, panel in enumerate(panels):
             canvas.paste(Image.fromarray(panel), (layout["left"] + column * layout["column_pitch"], top))
+    draw_montage_footer(canvas, layout["footer_top"], labels, segments, label_colors)
     return np.asarray(canvas, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- colour bar and legend
+
+
+def segment_colors(segments: Sequence[LegendEntry]) -> Dict[int, Color]:
+    """The outline colour of each label value, from (label, name, RGB) entries."""
+    return {int(label): (float(color[0]), float(color[1]), float(color[2])) for label, _, color in segments}
+
+
+def legend_entries(
+    labels: Optional[np.ndarray],
+    segments: Optional[Sequence[LegendEntry]],
+    label_colors: Optional[Dict[int, Color]] = None,
+) -> List[Tuple[str, Color]]:
+    """(name, colour) of each outline the anatomy panel may show, in the colour
+    :func:`outline_overlay` draws it: the segments given, else each nonzero value of ``labels``."""
+    if labels is None:
+        return []
+    colors = label_colors or {}
+    if segments:
+        return [(name, colors.get(int(label)) or tuple(float(c) for c in color)) for label, name, color in segments]
+    values = [int(v) for v in np.unique(labels) if v != 0]
+    return [(f"label {v}", colors.get(v) or default_label_color(v)) for v in values]
+
+
+def _rgb255(color: Color) -> Tuple[int, int, int]:
+    return tuple(int(v) for v in np.round(np.asarray(color, dtype=np.float64) * 255).astype(np.uint8))
+
+
+def colorbar_strip(width: int, height: int = COLORBAR_PX, colormap: str = HEAT_COLORMAP) -> np.ndarray:
+    """An (height, width, 3) uint8 strip of ``colormap`` from heat 0 (left) to 1 (right), in the
+    colours :func:`heat_overlay` blends in."""
+    values = np.linspace(0.0, 1.0, max(int(width), 2))
+    row = np.clip(np.round(_colormap(colormap)(values)[:, :3] * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(row[None], int(height), axis=0)
+
+
+def _text_width(canvas: Image.Image, text: str) -> int:
+    draw = ImageDraw.Draw(canvas)
+    try:
+        return int(round(draw.textlength(text)))
+    except (AttributeError, UnicodeEncodeError):
+        return 6 * len(text)
+
+
+def draw_montage_footer(
+    canvas: Image.Image,
+    top: int,
+    labels: Optional[np.ndarray],
+    segments: Optional[Sequence[LegendEntry]],
+    label_colors: Optional[Dict[int, Color]] = None,
+) -> Dict[str, object]:
+    """Draw the colour bar and the outline legend (or the no-segmenter note) from row ``top``.
+    Returns where things went, for tests: the bar's box and each swatch's box and colour."""
+    left = GAP_PX
+    caption = "heat map  0"
+    _draw_text(canvas, (left, top + 1), caption)
+    bar_left = left + _text_width(canvas, caption) + GAP_PX
+    bar_width = max(2, min(canvas.width // 3, canvas.width - bar_left - 4 * GAP_PX - 12))
+    bar_top = top + (TEXT_LINE_PX - COLORBAR_PX) // 2
+    canvas.paste(Image.fromarray(colorbar_strip(bar_width)), (bar_left, bar_top))
+    _draw_text(canvas, (bar_left + bar_width + GAP_PX, top + 1), "1")
+    placed: Dict[str, object] = {"colorbar": (bar_left, bar_top, bar_width, COLORBAR_PX), "swatches": []}
+    line = top + TEXT_LINE_PX + GAP_PX
+    if labels is None:
+        _draw_text(canvas, (left, line + 1), NO_SEGMENTER_NOTE)
+        placed["note"] = NO_SEGMENTER_NOTE
+        return placed
+    draw = ImageDraw.Draw(canvas)
+    _draw_text(canvas, (left, line + 1), "outlines:")
+    x = left + _text_width(canvas, "outlines:") + GAP_PX
+    swatch_top = line + (TEXT_LINE_PX - SWATCH_PX) // 2
+    for name, color in legend_entries(labels, segments, label_colors):
+        if x + SWATCH_PX >= canvas.width:
+            break  # more segments than the picture is wide: the rest are in result.json
+        rgb = _rgb255(color)
+        draw.rectangle([x, swatch_top, x + SWATCH_PX - 1, swatch_top + SWATCH_PX - 1], fill=rgb)
+        placed["swatches"].append(((x, swatch_top, SWATCH_PX, SWATCH_PX), rgb))
+        x += SWATCH_PX + 3
+        _draw_text(canvas, (x, line + 1), name)
+        x += _text_width(canvas, name) + 2 * GAP_PX
+    return placed
 
 
 def _outlined(section: np.ndarray, labels: np.ndarray, shape: PanelShape, window: Tuple[float, float],
@@ -336,7 +435,12 @@ def segmentation_overview(
 
 
 __all__ = [
+    "LegendEntry",
     "PanelShape",
+    "colorbar_strip",
+    "draw_montage_footer",
+    "legend_entries",
+    "segment_colors",
     "finding_montage",
     "heat_overlay",
     "key_slices",

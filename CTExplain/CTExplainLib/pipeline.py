@@ -30,6 +30,7 @@ from .errors import CTExplainError, InputError
 from .loading import load_volume
 from .model_package import LoadedModel
 from .montage import finding_montage
+from .outputs.report import write_case_report
 from .preprocess import preprocess
 from .segment import Segmentation, segment
 from .slice_labels import positive_slices
@@ -52,6 +53,7 @@ class ExplainOptions:
     keep_phi: bool = False
     series_uid: Optional[str] = None
     image_spacing: Optional[Tuple[float, float, float]] = None  # for 2D image stacks
+    dicom_out: bool = False  # also a DICOM SEG and Parametric Maps (DICOM input only; outputs/dicom_export.py)
     slice_labels: Optional[Dict[str, Dict[int, bool]]] = None  # per case, see slice_labels.py
 
 
@@ -306,6 +308,18 @@ def _write_labels(segmentation: Segmentation, folder: Path, extension: str) -> N
     write_segmentation(segmentation.labels, segmentation.segments, folder / "segmentation.seg.nrrd")
 
 
+def _start_dicom(analysis: Analysis, options: ExplainOptions, result: Dict[str, Any], timer: StageTimer):
+    """``--dicom-out``: the case's DICOM writer (its warnings added to ``result``), or None."""
+    if not options.dicom_out:
+        return None
+    from .outputs.dicom_export import CaseDicom  # highdicom only when asked for
+
+    with timer.stage("dicom"):
+        dicom = CaseDicom.start(analysis.volume, options.keep_phi, options.method)
+    result["warnings"] += dicom.warnings
+    return dicom
+
+
 def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, segmenter: Optional[LoadedModel], options: ExplainOptions, timer: StageTimer) -> Dict[str, Any]:
     """Write heat maps, masks and montages into ``folder``; returns the record for result.json."""
     volume, classification = analysis.volume, analysis.classification
@@ -317,10 +331,15 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
         "series_uid": volume.metadata.get("series_uid"),
         **analysis_record(analysis, classifier, segmenter, options.method),
     }
+    segments = [(s.label, s.name, s.color) for s in analysis.segmentation.segments] if analysis.segmentation is not None else None
+    dicom = _start_dicom(analysis, options, result, timer)
     with BackgroundWriter() as writer:
         if analysis.segmentation is not None:
             with timer.stage("write"):
                 writer.submit(_write_labels, analysis.segmentation, folder, extension)  # while the body mask is made
+            if dicom is not None:
+                with timer.stage("dicom"):
+                    result["dicom_segmentation"] = dicom.write_segmentation(labels, analysis.segmentation.segments, segmenter.identity, folder)
         with timer.stage("statistics"):
             regions = case_regions(analysis)
         heat: Optional[np.ndarray] = None  # one buffer for every finding's map
@@ -341,9 +360,12 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
                 stats = finding_stats(analysis, name, heat, regions)
                 record["anatomy"] = stats.to_dict()
                 del record["anatomy"]["finding"]
+            if dicom is not None:
+                with timer.stage("dicom"):
+                    record["dicom_heat_map"] = dicom.write_heat_map(heat, name, index, f"heatmap_{slug(name)}", classifier.identity, folder)
             with timer.stage("write"):
                 title = f"{name}  p={probability:.3f}  ({options.method})"
-                montage = finding_montage(volume, heat, labels, title, radiological=True, energy=stats.slice_energy)
+                montage = finding_montage(volume, heat, labels, title, radiological=True, energy=stats.slice_energy, segments=segments)
                 record["montage"] = f"montage_{slug(name)}.png"
                 write_png(montage, folder / record["montage"])
         with timer.stage("write"):
@@ -381,6 +403,7 @@ def explain_case(
             record = write_analysis(analysis, staging, classifier, segmenter, options, timer)
             record["timings_s"]["total"] = time.perf_counter() - started  # wall clock, stages and all between
             write_json(record, staging / "result.json")
+            write_case_report(record, staging, title=out_dir.name)
         result.ok, result.output = True, out_dir
         result.probabilities = {f["name"]: f["probability"] for f in record["findings"]}
         result.warnings = record["warnings"]

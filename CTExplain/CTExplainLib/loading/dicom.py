@@ -569,6 +569,7 @@ def _build(path: Path, series: DicomSeriesInfo, why: str, slices: List[_Slice], 
         series_number=series.series_number,
         series_choice=why,
         slice_files=len(slices),
+        slice_paths=[str(s.path) for s in slices],  # in stack order: the DICOM outputs reference them
         regularised=plan.targets is not None,
         transfer_syntax=str(getattr(getattr(header, "file_meta", Dataset()).get("TransferSyntaxUID", ""), "name", "")),
     )
