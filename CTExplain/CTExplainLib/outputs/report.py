@@ -134,7 +134,7 @@ def _findings_table(record: Dict[str, Any]) -> str:
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     note = ('<p class="note">Energy: the share of the finding\'s heat map lying in each region '
-            "(segments of the segmenter, and outside the body for CT in HU); no heat map was made where it is empty.</p>")
+            "(segments of the segmenter, and outside the body for CT in HU); an empty cell: not measured for that finding.</p>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>{note}"
 
 
@@ -169,6 +169,7 @@ def case_report_html(record: Dict[str, Any], folder: Path, title: Optional[str] 
         _model_line(record.get("classifier"), "classifier"),
         _model_line(record.get("segmenter"), "segmenter"),
         f"<tr><th>method</th><td>{_e(record.get('method', ''))}</td></tr>",
+        *([f"<tr><th>DICOM SEG</th><td>{_e(record['dicom_segmentation'])}</td></tr>"] if record.get("dicom_segmentation") else []),
         "</table>",
     ]
     warnings = record.get("warnings") or []
