@@ -88,7 +88,8 @@ def test_batch_succeeds_and_exits_0(outputs):
     batch, status, out = outputs
     assert batch.returncode == 0, batch.stdout + batch.stderr
     assert status == 0
-    assert sorted(p.name for p in (out / "batch").iterdir()) == sorted(p.name for p in (out / "cli").iterdir()) == ["chest_ct", "slicer-cthead"]
+    assert sorted(p.name for p in (out / "batch").iterdir()) == sorted(p.name for p in (out / "cli").iterdir()) == [
+        "chest_ct", "slicer-cthead", "summary.csv", "summary.html"]
 
 
 @pytest.mark.parametrize("case", ["chest_ct", "slicer-cthead"])

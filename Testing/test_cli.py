@@ -75,7 +75,7 @@ def test_bad_inputs_fail_alone(data_dir: Path, packages, tmp_path: Path, capsys)
         mentions = [line for line in errors if str(path) in line]
         assert len(mentions) == 1, f"{kind}: expected one error line naming {path}, got {mentions} in {stderr}"
     # Nothing half-written: only the good case's folder exists, and no staging folders remain.
-    assert sorted(p.name for p in out.iterdir()) == ["example_ct_sm"]
+    assert sorted(p.name for p in out.iterdir()) == ["example_ct_sm", "summary.csv", "summary.html"]
     assert "FAILED" in stdout and "example_ct_sm" in stdout
 
 
@@ -179,7 +179,7 @@ def test_samples_run_with_their_own_models(data_dir: Path, tiny_packages: dict, 
     assert status == 0, stderr
     assert sorted(loads) == sorted(tiny_packages.values()), "each package once"
     expected = {"example_ct_sm": ("default-cls", "seg"), "sample_a": ("cls-a", "seg"), "sample_b": ("cls-b", None)}
-    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*expected, "summary.csv", "summary.html"])
     for case, (classifier, segmenter) in expected.items():
         record = json.loads((out / case / "result.json").read_text())
         assert record["classifier"]["name"] == classifier, case

@@ -242,3 +242,27 @@ def test_series_without_frame_of_reference_gets_a_message_not_dicom(data_dir: Pa
     assert dicom.source is None
     assert len(dicom.warnings) == 1 and str(case) in dicom.warnings[0] and "Frame of Reference" in dicom.warnings[0]
     assert dicom.write_heat_map(np.zeros((1, 1, 1), np.float32), "x", 0, "heatmap_x", {}, Path("/nonexistent")) is None
+
+
+@pytest.mark.slow
+def test_a_series_with_a_missing_slice_is_written_on_the_loaded_grid(data_dir: Path, tmp_path: Path) -> None:
+    """One slice deleted: the loader fills it by interpolation, so the map's frames follow the
+    loaded grid (the 19 remaining slices' positions and the filled one) and reference the series."""
+    from shutil import copytree
+
+    case = Path(copytree(data_dir / "totalsegmentator" / "example_ct_dicom", tmp_path / "gap"))
+    files = sorted(_dicom_files(case), key=lambda p: float(pydicom.dcmread(str(p), stop_before_pixels=True).ImagePositionPatient[2]))
+    files[10].unlink()
+    volume = load_volume(case)
+    assert volume.metadata["regularised"] and volume.grid.size[2] == 20
+    heat = np.rint(np.clip((volume.array.astype(np.float32) + 1000) / 2000, 0, 1) * HEAT_STEPS) / HEAT_STEPS  # the CT as a map
+    dicom = CaseDicom.start(volume, keep_phi=False, method="gradcam")
+    pmap = pydicom.dcmread(str(tmp_path / dicom.write_heat_map(heat.astype(np.float32), "ct", 0, "heatmap_ct", {"name": "cls"}, tmp_path)))
+    grid_positions = [tuple(volume.grid.origin + k * volume.grid.spacing[2] * volume.grid.direction[:, 2]) for k in range(20)]
+    positions = _frame_positions(pmap)
+    values = heat_values(pmap)
+    for f, k in enumerate(_slice_of(positions, grid_positions)):
+        assert np.array_equal(values[f], heat[k])
+    sources = _source_positions(case)
+    assert len(set(positions) & set(sources.values())) == 19, "the remaining slices keep their positions"
+    assert {str(i.ReferencedSOPInstanceUID) for i in pmap.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == set(sources)

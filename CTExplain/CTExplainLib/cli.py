@@ -186,13 +186,11 @@ class JsonlProgress:
 
 
 def _write_cohort_summary(out: Path, results: Sequence[CaseResult]) -> None:
-    """summary.csv and summary.html in ``out`` when several cases ran and one at least succeeded."""
-    if len(results) < 2 or not any(r.ok for r in results):
-        return
-    from .outputs.report import CaseEntry, write_cohort_summary
+    """summary.csv and summary.html in ``out`` when several cases ran (outputs/report.py)."""
+    from .outputs.report import CaseEntry, cohort_summary
 
     try:
-        write_cohort_summary(out, [CaseEntry(r.input, r.output if r.ok else None, r.error) for r in results])
+        cohort_summary(out, [CaseEntry(r.input, r.output if r.ok else None, r.error) for r in results])
     except OSError as exc:
         print(f"error: {out}: cannot write the cohort summary: {exc}", file=sys.stderr)
 

@@ -318,6 +318,12 @@ def finding_montage(
 # ---------------------------------------------------------------- colour bar and legend
 
 
+def legend_of(segments: Sequence[Dict[str, object]]) -> Optional[List[LegendEntry]]:
+    """The legend entries of result.json's ``segments`` records (label, name, color); None for none."""
+    entries = [(int(s["label"]), str(s["name"]), tuple(float(c) for c in s["color"])) for s in segments]  # type: ignore[union-attr]
+    return entries or None
+
+
 def segment_colors(segments: Sequence[LegendEntry]) -> Dict[int, Color]:
     """The outline colour of each label value, from (label, name, RGB) entries."""
     return {int(label): (float(color[0]), float(color[1]), float(color[2])) for label, _, color in segments}
@@ -440,6 +446,7 @@ __all__ = [
     "colorbar_strip",
     "draw_montage_footer",
     "legend_entries",
+    "legend_of",
     "segment_colors",
     "finding_montage",
     "heat_overlay",

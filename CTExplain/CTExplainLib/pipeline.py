@@ -29,7 +29,7 @@ from .devices import resolve_device
 from .errors import CTExplainError, InputError
 from .loading import load_volume
 from .model_package import LoadedModel
-from .montage import finding_montage
+from .montage import finding_montage, legend_of
 from .outputs.report import write_case_report
 from .preprocess import preprocess
 from .segment import Segmentation, segment
@@ -331,7 +331,7 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
         "series_uid": volume.metadata.get("series_uid"),
         **analysis_record(analysis, classifier, segmenter, options.method),
     }
-    segments = [(s.label, s.name, s.color) for s in analysis.segmentation.segments] if analysis.segmentation is not None else None
+    segments = legend_of(result["segments"])
     dicom = _start_dicom(analysis, options, result, timer)
     with BackgroundWriter() as writer:
         if analysis.segmentation is not None:

@@ -11,8 +11,9 @@ makes a left-handed grid right-handed); DICOM series through the core loader, as
 line loads them. Each case is explained with ``CTExplainLogic().process(..., wait=True)`` and its
 output nodes saved with slicer.util.saveNode into DIR/<case>/ under the command line's file names
 (heatmap_<finding>.nrrd, labels.nrrd, segmentation.seg.nrrd, montage_<finding>.png,
-result.json); a case folder appears complete or not at all. A failing case prints one
-``error:`` line and the others still run. Exit status: 0 if every case succeeded, else 1.
+result.json, report.html; summary.csv and summary.html for several cases); a case folder
+appears complete or not at all. A failing case prints one ``error:`` line and the others
+still run. Exit status: 0 if every case succeeded, else 1.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def save_case(results: Dict[str, Any], inputNode, case: Path, folder: Path, imag
     """The output nodes saved with slicer.util.saveNode, montages and result.json written by the core."""
     import slicer
     from CTExplain import volume_from_node
-    from CTExplainLib.montage import finding_montage
+    from CTExplainLib.montage import finding_montage, legend_of
+    from CTExplainLib.outputs.report import write_case_report
     from CTExplainLib.pipeline import slug
     from CTExplainLib.writing import case_output_directory, write_json, write_png
 
@@ -72,12 +74,14 @@ def save_case(results: Dict[str, Any], inputNode, case: Path, folder: Path, imag
                 finding["heat_map"] = f"heatmap_{slug(finding['name'])}{extension}"
                 save(node, staging / finding["heat_map"])
                 title = f"{finding['name']}  p={finding['probability']:.3f}  ({record.get('method')})"
-                montage = finding_montage(volume, slicer.util.arrayFromVolume(node), labels, title, radiological=True)
+                montage = finding_montage(volume, slicer.util.arrayFromVolume(node), labels, title, radiological=True,
+                                          segments=legend_of(record.get("segments", [])))
                 finding["montage"] = f"montage_{slug(finding['name'])}.png"
                 write_png(montage, staging / finding["montage"])
             findings.append(finding)
         record.update(input=str(case), findings=findings, input_grid=volume.grid.to_dict())
         write_json(record, staging / "result.json")
+        write_case_report(record, staging, title=folder.name)
 
 
 def run(argv: Sequence[str]) -> int:
@@ -101,6 +105,7 @@ def run(argv: Sequence[str]) -> int:
         return EXIT_FAILED
     from CTExplain import CTExplainLogic
     from CTExplainLib.discovery import case_name, discover_cases, unique_case_folders
+    from CTExplainLib.outputs.report import CaseEntry, cohort_summary
 
     cases, problems = discover_cases(args.inputs)
     failed = len(problems)
@@ -110,6 +115,7 @@ def run(argv: Sequence[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     logic = CTExplainLogic()
     scene = slicer.mrmlScene
+    entries = [CaseEntry(str(path), None, problem) for path, problem in problems]
     for case in cases:
         before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
         try:
@@ -119,9 +125,11 @@ def run(argv: Sequence[str]) -> int:
             save_case(results, inputNode, case, folders[case], args.image_format)
             top = max(results["probabilities"].items(), key=lambda kv: kv[1]) if results["probabilities"] else ("-", 0.0)
             print(f"{case}: ok, top finding {top[0]} {top[1]:.3f} -> {folders[case]}")
+            entries.append(CaseEntry(str(case), folders[case]))
         except Exception as exc:  # one case's failure must not stop the others
             LOG.debug("case %s failed", case, exc_info=True)
             print(f"error: {case}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            entries.append(CaseEntry(str(case), None, f"{type(exc).__name__}: {exc}"))
             failed += 1
         finally:
             # Each case's nodes go again, so memory does not grow with the number of cases.
@@ -129,6 +137,7 @@ def run(argv: Sequence[str]) -> int:
             for node in reversed([n for n in added if n.GetID() not in before]):
                 if scene.IsNodePresent(node):
                     scene.RemoveNode(node)
+    cohort_summary(args.out, entries)  # summary.csv/html, as the command line writes them
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 

@@ -133,7 +133,7 @@ def _fill_missing_uids(headers: List[Dataset], source: str) -> List[str]:
 def dicom_source(volume: Volume, keep_phi: bool) -> DicomSource:
     """The source headers of a volume loaded from DICOM (see :func:`is_dicom_volume`)."""
     paths = [Path(p) for p in volume.metadata["slice_paths"]]
-    headers = [_minimal_header(pydicom.dcmread(str(p), stop_before_pixels=True), keep_phi) for p in paths]
+    headers = [_minimal_header(pydicom.dcmread(str(p), stop_before_pixels=True, force=True), keep_phi) for p in paths]
     warnings = _fill_missing_uids(headers, str(volume.metadata.get("source", paths[0].parent)))
     one_to_one = len(headers) == volume.grid.size[2] and not volume.metadata.get("regularised", False)
     return DicomSource(headers, one_to_one, warnings)

@@ -305,8 +305,17 @@ def write_cohort_summary(out_dir: Path, entries: Sequence[CaseEntry]) -> Tuple[P
     return paths
 
 
+def cohort_summary(out_dir: Path, entries: Sequence[CaseEntry]) -> Optional[Tuple[Path, Path]]:
+    """:func:`write_cohort_summary` when several cases ran and one at least succeeded (a single
+    case has its report.html; a run where all failed leaves no summary); else None."""
+    if len(entries) < 2 or not any(entry.folder is not None for entry in entries):
+        return None
+    return write_cohort_summary(out_dir, entries)
+
+
 __all__ = [
     "CaseEntry",
+    "cohort_summary",
     "case_report_html",
     "summary_html",
     "summary_rows",
