@@ -24,7 +24,8 @@ EXTRA = {
     "UNETR": lambda dims: {"img_size": SHAPES[dims], "feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4},
     "DynUNet": lambda dims: {"kernel_size": [3, 3, 3], "strides": [1, 2, 2], "upsample_kernel_size": [2, 2]},
     "AttentionUnet": lambda dims: {"channels": [4, 8, 16], "strides": [2, 2]},
-    "SwinUNETR": lambda dims: {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]},
+    # Batch norm: instance norm refuses the 1-voxel bottleneck a 32-voxel input leaves.
+    "SwinUNETR": lambda dims: {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "norm_name": "batch"},
     "SegResNet": lambda dims: {"init_filters": 8},
     "BasicUNet": lambda dims: {"features": [4, 4, 8, 8, 16, 4]},
 }

@@ -153,10 +153,9 @@ def _state_dict(path: Path) -> Tuple[Dict[str, torch.Tensor], Path]:
     return state, weights
 
 
-def load_monai_bundle(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LoadedModel:
-    """Read a MONAI bundle whose ``network_def`` names a registry network; nothing in it is run."""
-    from ..model_package import _build
-
+def bundle_metadata(path: Union[str, Path]) -> ModelMetadata:
+    """What a MONAI bundle says about its model (network, classes, input spec), read without
+    building the network or reading weights; nothing in it is run."""
     path = Path(path)
     meta = _metadata(path)
     inference_file = find_config(path / "configs", "inference")
@@ -188,7 +187,7 @@ def load_monai_bundle(path: Union[str, Path], device: Union[str, torch.device] =
     spec = get_spec(name)
     segmenter = spec.kind == "segmenter" or str(pred.get("format", "")).lower() == "segmentation"
     count = int(kwargs.get("out_channels", kwargs.get("num_classes", pred.get("num_channels", 1))))
-    metadata = ModelMetadata(
+    return ModelMetadata(
         name=str(meta.get("name", path.name)),
         version=str(meta.get("version", "0")),
         task="segmentation" if segmenter else ("multiclass" if count > 1 else "binary"),
@@ -198,9 +197,22 @@ def load_monai_bundle(path: Union[str, Path], device: Union[str, torch.device] =
         input=_input_spec(state, dims, channel_names, hounsfield),
         cam_target_layer=spec.target_layer,
         cam_linear_layer=spec.linear_layer,
-        provenance={"monai_bundle": str(path), "description": meta.get("description", ""), "licence": meta.get("copyright", "")},
+        provenance={
+            "monai_bundle": str(path),
+            "config": str(inference_file),
+            "description": meta.get("description", ""),
+            "licence": meta.get("copyright", ""),
+        },
     )
-    network = _build(metadata, inference_file)
+
+
+def load_monai_bundle(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LoadedModel:
+    """Read a MONAI bundle whose ``network_def`` names a registry network, with its weights; nothing in it is run."""
+    from ..model_package import _build
+
+    path = Path(path)
+    metadata = bundle_metadata(path)
+    network = _build(metadata, Path(metadata.provenance["config"]))
     state_dict, weights = _state_dict(path)
     _load_state(network, state_dict, weights)
     return LoadedModel(metadata, network.to(device).eval(), path)
