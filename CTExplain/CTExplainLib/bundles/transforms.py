@@ -22,15 +22,12 @@ The inferer: ``SlidingWindowInferer`` gives ``size`` (roi_size), ``window_overla
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import BundleConfig
 from .intensity import STEPS
-
-LOG = logging.getLogger(__name__)
 
 REFERENCE_PREFIXES = ("@", "$@")
 # Keyword arguments that change nothing CTExplain computes (bookkeeping, dtypes, laziness).
