@@ -25,11 +25,11 @@ from CTExplainLib.bundles.safe_eval import UnsafeExpression, safe_eval
 from CTExplainLib.cli import main
 from CTExplainLib.demo_models import demo_classifier
 from CTExplainLib.errors import ModelPackageError
-from CTExplainLib.model_package import load_package
+from CTExplainLib.model_package import load_package, parse_input_spec
 from CTExplainLib.networks import accepted_kwargs, build_network
 from CTExplainLib.preprocess import model_grid, preprocess
 from CTExplainLib.segment import segment
-from CTExplainLib.volume import Volume
+from CTExplainLib.volume import Grid, Volume
 
 SPLEEN, WHOLE_BODY, ENDOSCOPIC = "spleen_ct_segmentation", "wholeBody_ct_segmentation", "endoscopic_inbody_classification"
 
@@ -371,3 +371,38 @@ def test_endoscopic_classifier_bundle_explains_a_2d_image(bundles: Dict[str, Pat
         heat = sitk.ReadImage(str(case / finding["heat_map"]))
         assert heat.GetSize()[:2] == (width, height)
         assert np.asarray(heat.GetSpacing()[:2]) == pytest.approx([0.7, 0.7])
+
+
+def test_resized_and_a_different_window_size_are_refused(bundles: Dict[str, Path], tmp_path: Path) -> None:
+    def windows(config: Dict[str, Any]) -> None:
+        config["inferer"] = {"_target_": "SlidingWindowInferer", "roi_size": [128, 128], "sw_batch_size": 4}
+
+    with pytest.raises(BundleRefused, match=r"entry 'inferer': roi_size \[128, 128\] differs from the Resized spatial_size \[256, 256\]"):
+        bundle_metadata(edited(bundles[ENDOSCOPIC], tmp_path / "roi", windows))
+
+
+def test_resized_stretches_each_axis_onto_the_size(bundles: Dict[str, Path]) -> None:
+    spec = bundle_metadata(bundles[ENDOSCOPIC]).input
+    picture = Grid((629, 491, 1), (0.7, 0.7, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    for crop in (True, False):  # a classifier's grid and a segmenter's alike
+        grid = model_grid(picture, spec, crop)
+        assert grid.size == (256, 256, 1)
+        assert grid.spacing[:2] == pytest.approx((629 * 0.7 / 256, 491 * 0.7 / 256))
+        # The first and last model voxels' outer edges are the picture's.
+        assert grid.index_to_point((-0.5, -0.5, 0))[:2] == pytest.approx(picture.index_to_point((-0.5, -0.5, 0))[:2])
+
+
+def test_package_input_spec_checks_the_bundle_fields(tmp_path: Path) -> None:
+    base = {"spatial_dims": 3, "channels": [{"name": "ct", "level": 40, "width": 400}]}
+    spec = parse_input_spec({**base, "intensity_steps": [{"transform": "ScaleIntensity", "minv": -1.0, "maxv": 1.0}]}, tmp_path)
+    assert spec.intensity_steps == [{"transform": "ScaleIntensity", "minv": -1.0, "maxv": 1.0}]
+    for bad, message in (
+        ({"intensity_steps": [{"transform": "Lambda", "func": "x"}]}, "intensity step 'Lambda' is not one of"),
+        ({"intensity_steps": [{"transform": "NormalizeIntensity", "dtype": "float16"}]}, "unknown arguments dtype"),
+        ({"window_blend": "median"}, "window_blend must be one of constant, gaussian"),
+        ({"window_overlap": 1.0}, r"window_overlap must be a number in \[0, 1\)"),
+        ({"foreground_margin": -1}, "foreground_margin must be a whole number"),
+        ({"resize": "stretch"}, "input resize 'stretch' needs a size"),
+    ):
+        with pytest.raises(ModelPackageError, match=message):
+            parse_input_spec({**base, **bad}, tmp_path)

@@ -251,7 +251,11 @@ def read_inferer(config: BundleConfig, id: str, dims: int, state: BundleInput) -
     reader = _Reader(config, id, name, SLIDING_WINDOW_HARMLESS)
     roi = reader.get("roi_size")
     if roi is not None:
-        state.size = _per_axis(roi, dims, "roi_size", reader, int)
+        windows = _per_axis(roi, dims, "roi_size", reader, int)
+        if state.resize == "stretch" and windows != state.size:
+            # One size in the input spec: the image resized to it is also the window.
+            raise config.refused(id, f"roi_size {list(windows)} differs from the Resized spatial_size {list(state.size or ())}; not supported")
+        state.size = windows
     state.window_overlap = float(reader.get("overlap", 0.25))
     state.window_blend = str(reader.get("mode", "constant"))
     state.window_padding = str(reader.get("padding_mode", "constant"))
