@@ -47,7 +47,7 @@ def _metadata(path: Path) -> Dict[str, Any]:
     return data
 
 
-def _network(config: BundleConfig, dims_hint: int) -> tuple:
+def _network(config: BundleConfig, dims_hint: int) -> Tuple[str, Dict[str, Any]]:
     """(registry name, kwargs) of ``network_def``; every kwarg resolved, none run."""
     from ..networks import accepted_kwargs, constructor_default, get_spec
 
@@ -97,6 +97,7 @@ def _input_spec(state: BundleInput, dims: int, channel_names: List[str], hounsfi
         and state.steps[0].get("b_min", 0) in (0, None)
         and state.steps[0].get("b_max", 1) in (1, None)
         and bool(state.steps[0].get("clip", False))
+        and float(state.steps[0]["a_max"]) > float(state.steps[0]["a_min"])
     )
     if window_only:
         a_min, a_max = float(state.steps[0]["a_min"]), float(state.steps[0]["a_max"])

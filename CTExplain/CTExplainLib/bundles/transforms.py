@@ -150,6 +150,10 @@ def _intensity(reader: _Reader, state: BundleInput, dims: int) -> None:
         value = reader.get(key)
         if value is not None:
             step[key] = value
+    if name == "ScaleIntensityRange":
+        ends = [step.get("a_min"), step.get("a_max")]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in ends) or ends[0] == ends[1]:
+            raise reader.config.refused(reader.id, f"ScaleIntensityRanged needs two different numbers a_min and a_max, got {ends}")
     state.steps.append(step)
 
 
@@ -178,6 +182,8 @@ def _crop_foreground(reader: _Reader, state: BundleInput, dims: int) -> None:
     for step in reversed(state.steps):  # the foreground "> 0" taken back to raw intensities
         if step["transform"] != "ScaleIntensityRange" or "a_min" not in step or "a_max" not in step:
             raise reader.config.refused(reader.id, f"CropForegroundd after {step['transform']} is not supported (its foreground depends on the image's statistics)")
+        if float(step.get("b_max", 1.0)) == float(step.get("b_min", 0.0)):
+            raise reader.config.refused(reader.id, "CropForegroundd after a ScaleIntensityRanged onto a single value is not supported")
         threshold = _undo_range(step, threshold)
     state.foreground_above = threshold
 
