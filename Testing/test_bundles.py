@@ -203,6 +203,12 @@ def test_a_transform_on_another_key_is_skipped_and_unknown_arguments_refused(bun
     with pytest.raises(BundleRefused, match=r"preprocessing#transforms#3'.*Spacingd argument\(s\) min_pixdim are not supported"):
         load_package(edited(bundles[SPLEEN], tmp_path / "min", min_pixdim))
 
+    def flat_range(config: Dict[str, Any]) -> None:
+        transforms(config)[4]["a_max"] = transforms(config)[4]["a_min"]
+
+    with pytest.raises(BundleRefused, match=r"ScaleIntensityRanged needs two different numbers a_min and a_max, got \[-57, -57\]"):
+        load_package(edited(bundles[SPLEEN], tmp_path / "flat", flat_range))
+
 
 def test_an_unlisted_network_is_refused_by_name(bundles: Dict[str, Path], tmp_path: Path) -> None:
     def vnet(config: Dict[str, Any]) -> None:
