@@ -9,9 +9,26 @@ from torch import nn
 
 from CTExplainLib.networks import NETWORKS, CompactCNN, build_network, get_spec, list_networks
 
-EXPECTED = {"DenseNet121", "ResNet18", "ResNet34", "ResNet50", "SEResNet50", "EfficientNetBN", "CompactCNN", "UNet"}
-# Small inputs every entry accepts (UNet needs sizes divisible by 16).
+SEGMENTERS = ["UNet", "SegResNet", "SwinUNETR", "DynUNet", "UNETR", "BasicUNet", "AttentionUnet"]
+EXPECTED = {
+    "DenseNet121", "DenseNet169", "DenseNet201", "ResNet10", "ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152",
+    "ResNet200", "SEResNet50", "EfficientNetBN", "CompactCNN", *SEGMENTERS,
+}
+# Deep classifiers are built and run on the meta device (shapes only, no arithmetic): for real
+# each takes tens of seconds here; their layers are those of the smaller ones of their family.
+HEAVY = {"DenseNet169", "DenseNet201", "ResNet101", "ResNet152", "ResNet200"}
+# Small inputs every entry accepts (UNet needs sizes divisible by 16, SwinUNETR by 32).
 SHAPES = {2: (64, 64), 3: (32, 32, 32)}
+# Constructor arguments some networks need, at small sizes.
+EXTRA = {
+    "UNETR": lambda dims: {"img_size": SHAPES[dims], "feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4},
+    "DynUNet": lambda dims: {"kernel_size": [3, 3, 3], "strides": [1, 2, 2], "upsample_kernel_size": [2, 2]},
+    "AttentionUnet": lambda dims: {"channels": [4, 8, 16], "strides": [2, 2]},
+    # Batch norm: instance norm refuses the 1-voxel bottleneck a 32-voxel input leaves.
+    "SwinUNETR": lambda dims: {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "norm_name": "batch"},
+    "SegResNet": lambda dims: {"init_filters": 8},
+    "BasicUNet": lambda dims: {"features": [4, 4, 8, 8, 16, 4]},
+}
 
 
 def uniform(dims: int, in_channels: int = 2, out_channels: int = 3, **extra) -> Dict:
@@ -20,8 +37,8 @@ def uniform(dims: int, in_channels: int = 2, out_channels: int = 3, **extra) -> 
 
 def test_registry_lists_the_expected_networks() -> None:
     assert set(list_networks()) == EXPECTED
-    assert list_networks("segmenter") == ["UNet"]
-    assert set(list_networks("classifier")) == EXPECTED - {"UNet"}
+    assert list_networks("segmenter") == SEGMENTERS
+    assert set(list_networks("classifier")) == EXPECTED - set(SEGMENTERS)
     for name, spec in NETWORKS.items():
         assert spec.name == name
         assert spec.kind in ("classifier", "segmenter")
@@ -32,8 +49,10 @@ def test_registry_lists_the_expected_networks() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_entry_builds_and_runs(name: str, dims: int) -> None:
     torch.manual_seed(0)
-    model = build_network(name, uniform(dims)).eval()
-    x = torch.randn((2, 2) + SHAPES[dims])
+    device = torch.device("meta" if name in HEAVY else "cpu")
+    with device:
+        model = build_network(name, uniform(dims, **EXTRA.get(name, lambda d: {})(dims))).eval()
+        x = torch.randn((2, 2) + SHAPES[dims])
     spec = NETWORKS[name]
     seen: List[Tuple[int, ...]] = []
     if spec.target_layer:

@@ -46,6 +46,8 @@ REQUIREMENTS = (
     Requirement("PIL", "pillow>=10"),
     Requirement("matplotlib", "matplotlib>=3.7"),
     Requirement("tqdm", "tqdm>=4.60"),
+    Requirement("yaml", "pyyaml>=6"),  # MONAI bundles written in YAML
+    Requirement("einops", "einops>=0.6"),  # MONAI's SwinUNETR and UNETR
 )
 TORCH = "torch"
 

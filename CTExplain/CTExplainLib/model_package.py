@@ -1,10 +1,8 @@
 """CTExplain model packages: a folder with ``ctexplain-model.json`` and ``model.safetensors``.
 
 Loading never unpickles: weights are read with safetensors, networks are built only from
-the allowlisted registry in :mod:`networks`. A MONAI bundle (``configs/metadata.json``,
-``configs/inference.json``, ``models/model.pt``) is read too when its network is in the
-registry; its state dict is read with ``torch.load(weights_only=True)``, which refuses
-anything but tensors and plain containers.
+the allowlisted registry in :mod:`networks`. A MONAI bundle folder (``configs/metadata.json``)
+is read by :mod:`.bundles` without running any of its code.
 """
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -24,10 +22,12 @@ from .package_files import METADATA_FILE, WEIGHTS_FILE
 FORMAT = "ctexplain-model/1"
 TASKS = ("binary", "multiclass", "multilabel", "segmentation")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
-RESIZE_POLICIES = ("crop", "fit", "fit_body")
+RESIZE_POLICIES = ("crop", "fit", "fit_body", "stretch")
 FIT_POLICIES = ("fit", "fit_body")
 NORMALISE_POLICIES = ("none", "image", "histogram")
 ORIENTATION_LETTERS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
+WINDOW_BLENDS = ("constant", "gaussian")
+WINDOW_PADDINGS = ("constant", "reflect", "replicate", "circular")
 
 
 @dataclass
@@ -53,7 +53,8 @@ class InputSpec:
     # "fit" scales the whole in-plane extent into ``size`` (one spacing for i and j, the
     # aspect ratio kept, padded), for images without a physical scale such as screenshots;
     # "fit_body" fits the in-plane box around the body instead (voxels above -500 HU, or above
-    # a tenth of the display range), for screenshots whose margins around the body vary.
+    # a tenth of the display range), for screenshots whose margins around the body vary;
+    # "stretch" scales each axis on its own to ``size`` (MONAI's Resized), always, even for segmenters.
     resize: str = "crop"
     # "image": after the windows, each image (each slice for 2D models) is brought to zero mean
     # and unit variance per channel, for screenshots whose brightness and contrast vary with
@@ -64,6 +65,21 @@ class InputSpec:
     # ``resize``) is set to air or black before the windows: the table, clothes and text burnt
     # into screenshots, which a network can otherwise learn as a shortcut.
     body_only: bool = False
+    # MONAI's intensity transforms applied, in order, to the raw intensities (HU, or 0-255 for
+    # display images) instead of the channel windows (whose level and width then only describe
+    # the channel): see bundles.intensity. None: the windows.
+    intensity_steps: Optional[List[Dict[str, Any]]] = None
+    # MONAI's CropForegroundd: the model grid covers only the box of voxels whose raw intensity
+    # is above this value, widened by ``foreground_margin`` model-grid voxels; outside it a
+    # segmenter gives background. None: the whole input.
+    foreground_above: Optional[float] = None
+    foreground_margin: int = 0
+    # Sliding-window segmentation (MONAI's SlidingWindowInferer): overlap between windows,
+    # how overlapping windows are blended ("gaussian" or "constant") and how the CT is padded
+    # where it is smaller than a window.
+    window_overlap: float = 0.25
+    window_blend: str = "gaussian"
+    window_padding: str = "constant"
 
 
 @dataclass
@@ -166,7 +182,7 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
     if normalise not in NORMALISE_POLICIES:
         raise ModelPackageError(path, f"input normalise must be one of {', '.join(NORMALISE_POLICIES)}, got {normalise!r}")
     size = _tuple_or_none(data.get("size"), dims, path, "size", int)
-    if resize in FIT_POLICIES and size is None:
+    if (resize in FIT_POLICIES or resize == "stretch") and size is None:
         raise ModelPackageError(path, f"input resize {resize!r} needs a size")
     return InputSpec(
         spatial_dims=dims,
@@ -178,7 +194,36 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
         resize=resize,
         normalise=normalise,
         body_only=_flag(data.get("body_only", False), path, "input body_only"),
+        **_bundle_input_options(data, path),
     )
+
+
+def _bundle_input_options(data: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """The input spec's optional MONAI-preprocessing fields, checked (see InputSpec)."""
+    options: Dict[str, Any] = {}
+    if data.get("intensity_steps") is not None:
+        from .bundles.intensity import check_steps
+
+        try:
+            options["intensity_steps"] = check_steps(data["intensity_steps"])
+        except ValueError as exc:
+            raise ModelPackageError(path, f"input {exc}") from exc
+    if data.get("foreground_above") is not None:
+        options["foreground_above"] = float(data["foreground_above"])
+    margin = data.get("foreground_margin", 0)
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ModelPackageError(path, f"input foreground_margin must be a whole number of at least 0, got {margin!r}")
+    options["foreground_margin"] = margin
+    overlap = data.get("window_overlap", 0.25)
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
+        raise ModelPackageError(path, f"input window_overlap must be a number in [0, 1), got {overlap!r}")
+    options["window_overlap"] = float(overlap)
+    for key, allowed, default in (("window_blend", WINDOW_BLENDS, "gaussian"), ("window_padding", WINDOW_PADDINGS, "constant")):
+        value = str(data.get(key, default))
+        if value not in allowed:
+            raise ModelPackageError(path, f"input {key} must be one of {', '.join(allowed)}, got {value!r}")
+        options[key] = value
+    return options
 
 
 def _max_parts(value: Any, path: Path, name: str) -> Optional[int]:
@@ -263,7 +308,9 @@ def load_package(path: Union[str, Path], device: Union[str, torch.device] = "cpu
     path = Path(path)
     if not path.exists():
         raise ModelPackageError(path, "model package not found")
-    if path.is_dir() and (path / "configs" / "metadata.json").is_file():
+    from .bundles.loader import is_monai_bundle, load_monai_bundle
+
+    if is_monai_bundle(path):
         return load_monai_bundle(path, device)
     if not path.is_dir() or not (path / METADATA_FILE).is_file():
         raise ModelPackageError(path, f"not a model package: no {METADATA_FILE} (nor a MONAI bundle's configs/metadata.json)")
@@ -309,89 +356,3 @@ def save_package(path: Union[str, Path], metadata: ModelMetadata, network: torch
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
-
-
-# --- MONAI bundles -------------------------------------------------------------------------
-
-
-def _find_transform(node: Any, name: str) -> Optional[Dict[str, Any]]:
-    """First dict in a bundle config whose ``_target_`` ends with ``name``."""
-    if isinstance(node, dict):
-        if str(node.get("_target_", "")).split(".")[-1] == name:
-            return node
-        children: Sequence[Any] = list(node.values())
-    elif isinstance(node, list):
-        children = node
-    else:
-        return None
-    for child in children:
-        found = _find_transform(child, name)
-        if found is not None:
-            return found
-    return None
-
-
-def _bundle_input_spec(inference: Dict[str, Any], dims: int, channels: int, roi: Optional[Sequence[int]]) -> InputSpec:
-    scale = _find_transform(inference.get("preprocessing", inference), "ScaleIntensityRanged")
-    if scale is not None:
-        a_min, a_max = float(scale["a_min"]), float(scale["a_max"])
-        window = ChannelSpec("image", (a_min + a_max) / 2, a_max - a_min)
-    else:
-        window = ChannelSpec("image", 40.0, 400.0)
-    spacing_node = _find_transform(inference, "Spacingd")
-    orientation_node = _find_transform(inference, "Orientationd")
-    spacing = tuple(float(v) for v in spacing_node["pixdim"]) if spacing_node else None
-    # Orientation letters name anatomical directions (the one each index increases towards), so
-    # MONAI's axcodes and SimpleITK's DICOMOrient codes mean the same thing.
-    orientation = str(orientation_node.get("axcodes", "LPS")) if orientation_node is not None else "LPS"
-    return InputSpec(dims, [window] * max(channels, 1), spacing, tuple(int(v) for v in roi) if roi else None, orientation)
-
-
-def load_monai_bundle(path: Path, device: Union[str, torch.device] = "cpu") -> LoadedModel:
-    """Read a MONAI bundle whose ``network_def`` names a registry network (JSON configs only)."""
-    try:
-        meta = json.loads((path / "configs" / "metadata.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelPackageError(path / "configs" / "metadata.json", f"cannot read bundle metadata: {exc}") from exc
-    inference_file = path / "configs" / "inference.json"
-    if not inference_file.is_file():
-        raise ModelPackageError(path, "bundle has no configs/inference.json (YAML bundles are not supported)")
-    inference = json.loads(inference_file.read_text(encoding="utf-8"))
-    network_def = inference.get("network_def")
-    if not isinstance(network_def, dict) or "_target_" not in network_def:
-        raise ModelPackageError(inference_file, "bundle has no network_def with a _target_")
-    network_name = str(network_def["_target_"]).split(".")[-1]
-    kwargs = {k: v for k, v in network_def.items() if not k.startswith("_")}
-    formats = meta.get("network_data_format", {})
-    outputs = formats.get("outputs", {}).get("pred", {})
-    inputs = formats.get("inputs", {}).get("image", {})
-    dims = int(kwargs.get("spatial_dims", len(inputs.get("spatial_shape", [0, 0, 0]))))
-    is_segmentation = outputs.get("type") == "image" or network_name.lower().endswith("unet")
-    channel_names = outputs.get("channel_def", {})
-    n_out = int(kwargs.get("out_channels", outputs.get("num_channels", 1)))
-    classes = [ClassSpec(str(channel_names.get(str(i), f"class {i}"))) for i in range(n_out)]
-    roi = _find_transform(inference, "SlidingWindowInferer")
-    metadata = ModelMetadata(
-        name=str(meta.get("name", path.name)),
-        version=str(meta.get("version", "0")),
-        task="segmentation" if is_segmentation else ("multiclass" if n_out > 1 else "binary"),
-        classes=classes,
-        network=network_name,
-        network_kwargs=kwargs,
-        input=_bundle_input_spec(inference, dims, int(inputs.get("num_channels", 1)), roi.get("roi_size") if roi else None),
-        provenance={"monai_bundle": str(path), "description": meta.get("description", ""), "licence": meta.get("copyright", "")},
-    )
-    network = _build(metadata, path)
-    weights = path / "models" / "model.pt"
-    if not weights.is_file():
-        raise ModelPackageError(path, "bundle has no models/model.pt")
-    try:
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError or others for unsafe files
-        raise ModelPackageError(weights, f"not a weights-only state dict (refused to unpickle): {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelPackageError(weights, "does not hold a state dict")
-    _load_state(network, state, weights)
-    return LoadedModel(metadata, network.to(device).eval(), path)

@@ -16,11 +16,14 @@ MONAI bundle configs load, as long as it agrees with the uniform one.
 Each classifier's CAM target layer is the last spatial feature map before global pooling,
 taken *after* its activation so that maps show where positive evidence lies:
 
-    DenseNet121     class_layers.relu   (features -> ReLU -> GAP -> Linear ``class_layers.out``)
-    ResNet18/34/50  layer4              (its last block ends with the ReLU; -> GAP -> ``fc``)
-    SEResNet50      layer4              (-> GAP -> [dropout] -> ``last_linear``)
-    EfficientNetBN  _head_swish         (see below; -> GAP -> dropout -> ``_fc``)
-    CompactCNN      features            (-> GAP -> dropout -> ``fc``)
+    DenseNet121/169/201  class_layers.relu   (features -> ReLU -> GAP -> Linear ``class_layers.out``)
+    ResNet10 ... 200     layer4              (its last block ends with the ReLU; -> GAP -> ``fc``)
+    SEResNet50           layer4              (-> GAP -> [dropout] -> ``last_linear``)
+    EfficientNetBN       _head_swish         (see below; -> GAP -> dropout -> ``_fc``)
+    CompactCNN           features            (-> GAP -> dropout -> ``fc``)
+
+Segmenters (no CAM): MONAI's UNet, SegResNet, SwinUNETR, DynUNet, UNETR, BasicUNet and
+AttentionUnet, given their constructors' own keyword arguments.
 
 MONAI's EfficientNet applies one module, ``_swish``, twice (after the stem and after the
 head convolution), so no module's single call is the head's activated feature map: a hook on
@@ -32,6 +35,7 @@ outputs are those of MONAI's network, so MONAI weights load unchanged.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -45,6 +49,8 @@ UNIFORM_KWARGS = ("spatial_dims", "in_channels", "out_channels")
 # Constructors' own names for uniform kwargs, as MONAI bundle configs write them.
 NATIVE_ALIASES = {"in_channels": ("n_input_channels",), "out_channels": ("num_classes",)}
 EFFICIENTNET_MODELS = tuple(f"efficientnet-b{i}" for i in range(8))
+RESNET_DEPTHS = (10, 18, 34, 50, 101, 152, 200)
+MONAI_SEGMENTERS = ("SegResNet", "SwinUNETR", "DynUNet", "UNETR", "BasicUNet", "AttentionUnet")
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class NetworkSpec:
     kind: str  # "classifier" or "segmenter"
     target_layer: Optional[str]  # default CAM target layer (dotted module name); None for segmenters
     linear_layer: Optional[str]  # final Linear after global average pooling, for plain CAM
+    monai_class: Optional[str] = None  # the monai.networks.nets class whose constructor takes the kwargs
 
 
 # --- our own small classifier -------------------------------------------------------------
@@ -194,6 +201,17 @@ def _build_compact_cnn(kwargs: Dict[str, Any]) -> nn.Module:
     return CompactCNN(**kwargs)
 
 
+def _monai_builder(class_name: str, **fixed: Any) -> Callable[[Dict[str, Any]], nn.Module]:
+    """A MONAI network whose constructor already takes the uniform kwargs by their names."""
+
+    def build(kwargs: Dict[str, Any]) -> nn.Module:
+        from monai.networks import nets
+
+        return getattr(nets, class_name)(**fixed, **kwargs)
+
+    return build
+
+
 def _build_unet(kwargs: Dict[str, Any]) -> nn.Module:
     from monai.networks.nets import UNet
 
@@ -206,16 +224,49 @@ def _build_unet(kwargs: Dict[str, Any]) -> nn.Module:
 NETWORKS: Dict[str, NetworkSpec] = {
     spec.name: spec
     for spec in (
-        NetworkSpec("DenseNet121", _build_densenet121, "classifier", "class_layers.relu", "class_layers.out"),
-        NetworkSpec("ResNet18", _resnet_builder(18), "classifier", "layer4", "fc"),
-        NetworkSpec("ResNet34", _resnet_builder(34), "classifier", "layer4", "fc"),
-        NetworkSpec("ResNet50", _resnet_builder(50), "classifier", "layer4", "fc"),
-        NetworkSpec("SEResNet50", _build_seresnet50, "classifier", "layer4", "last_linear"),
-        NetworkSpec("EfficientNetBN", _build_efficientnet, "classifier", "_head_swish", "_fc"),
+        NetworkSpec("DenseNet121", _build_densenet121, "classifier", "class_layers.relu", "class_layers.out", "DenseNet121"),
+        NetworkSpec("DenseNet169", _monai_builder("DenseNet169", pretrained=False), "classifier", "class_layers.relu", "class_layers.out", "DenseNet169"),
+        NetworkSpec("DenseNet201", _monai_builder("DenseNet201", pretrained=False), "classifier", "class_layers.relu", "class_layers.out", "DenseNet201"),
+        *(NetworkSpec(f"ResNet{depth}", _resnet_builder(depth), "classifier", "layer4", "fc", "ResNet") for depth in RESNET_DEPTHS),
+        NetworkSpec("SEResNet50", _build_seresnet50, "classifier", "layer4", "last_linear", "SEResNet50"),
+        NetworkSpec("EfficientNetBN", _build_efficientnet, "classifier", "_head_swish", "_fc", "EfficientNetBN"),
         NetworkSpec("CompactCNN", _build_compact_cnn, "classifier", "features", "fc"),
-        NetworkSpec("UNet", _build_unet, "segmenter", None, None),
+        NetworkSpec("UNet", _build_unet, "segmenter", None, None, "UNet"),
+        *(NetworkSpec(name, _monai_builder(name), "segmenter", None, None, name) for name in MONAI_SEGMENTERS),
     )
 }
+
+
+def accepted_kwargs(name: str) -> Optional[List[str]]:
+    """The keyword arguments the constructor behind registry network ``name`` takes (its own
+    and, through ``**kwargs``, its base classes'), or None when they cannot be listed."""
+    spec = get_spec(name)
+    if spec.monai_class is None:
+        target: Any = CompactCNN
+    else:
+        from monai.networks import nets
+
+        target = getattr(nets, spec.monai_class)
+    names: List[str] = []
+    for cls in target.__mro__:
+        if cls in (nn.Module, object) or "__init__" not in vars(cls):
+            continue
+        parameters = inspect.signature(cls.__init__).parameters
+        names.extend(p for p, v in parameters.items() if p != "self" and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL))
+        if not any(v.kind == v.VAR_KEYWORD for v in parameters.values()):
+            return sorted(set(names))
+    return None
+
+
+def constructor_default(name: str, key: str) -> Any:
+    """The default the constructor behind ``name`` gives ``key`` (``inspect.Parameter.empty`` when none)."""
+    spec = get_spec(name)
+    if spec.monai_class is None:
+        return inspect.Parameter.empty
+    from monai.networks import nets
+
+    parameter = inspect.signature(getattr(nets, spec.monai_class).__init__).parameters.get(key)
+    return inspect.Parameter.empty if parameter is None else parameter.default
 
 
 def list_networks(kind: Optional[str] = None) -> List[str]:

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import HistogramNormalize, NormalizeIntensity
 
+from .bundles.intensity import apply_steps
 from .anatomy import BODY_ABOVE_HU, body_mask_shrink, fill_holes_per_slice
 from .model_package import FIT_POLICIES, InputSpec
 from .resample import resample_array
@@ -79,14 +80,18 @@ def model_grid(input_grid: Grid, spec: InputSpec, crop: bool = True) -> Grid:
     if spec.spacing is not None:
         spacing[: spec.spatial_dims] = spec.spacing
     low, high = _extent_in_frame(input_grid, direction)
+    edges = high - low + native  # the extent, voxel edges included
     if spec.resize in FIT_POLICIES and crop:
-        # The whole in-plane extent (voxel edges included) fits the size, one scale for i and j.
-        edges = high - low + native
+        # The whole in-plane extent fits the size, one scale for i and j.
         in_plane = slice(0, 2)
         spacing[in_plane] = np.max(edges[in_plane] / np.asarray(spec.size[:2], dtype=float))
+    stretch = spec.resize == "stretch" and spec.size is not None
+    if stretch:  # MONAI's Resized: each axis scaled on its own, whatever the use
+        dims = spec.spatial_dims
+        spacing[:dims] = edges[:dims] / np.asarray(spec.size, dtype=float)
     # A tolerance keeps a grid that already fits from gaining a voxel through rounding noise.
     size = np.floor((high - low) / spacing + 1e-4).astype(int) + 1
-    if crop and spec.size is not None:
+    if (crop or stretch) and spec.size is not None:
         size[: spec.spatial_dims] = spec.size
     centre = (low + high) / 2.0
     origin = direction @ (centre - spacing * (size - 1) / 2.0)
@@ -205,6 +210,22 @@ def body_box(volume: Volume, display_input: bool) -> Grid:
     return volume.grid.box((i0, j0, 0), (i1, j1, depth))
 
 
+def foreground_box(volume: Volume, spec: InputSpec) -> Grid:
+    """The input grid cut to the box of voxels above ``spec.foreground_above`` (MONAI's
+    CropForegroundd), widened by ``spec.foreground_margin`` model-grid voxels; the whole grid
+    when no voxel is above."""
+    above = volume.array > spec.foreground_above  # (k, j, i)
+    hits = [np.flatnonzero(above.any(axis=axes)) for axes in ((0, 1), (0, 2), (1, 2))]  # i, j, k
+    if any(h.size == 0 for h in hits):
+        return volume.grid
+    spacing = np.asarray(spec.spacing if spec.spacing is not None else volume.grid.spacing, dtype=float)
+    margin_mm = spec.foreground_margin * float(spacing.max())
+    pad = np.ceil(margin_mm / np.asarray(volume.grid.spacing) - 1e-6).astype(int)
+    start = [max(int(h[0]) - p, 0) for h, p in zip(hits, pad)]
+    stop = [min(int(h[-1]) + 1 + p, n) for h, p, n in zip(hits, pad, volume.grid.size)]
+    return volume.grid.box(start, stop)
+
+
 def _covered(marked: np.ndarray, shrink: int, full: int) -> Tuple[int, int]:
     """The full-resolution [start, stop) of the averaged pixels between the first and last marked
     one; the last averaged pixel also covers the few pixels that did not fill a whole one."""
@@ -224,12 +245,18 @@ def preprocess(volume: Volume, spec: InputSpec, crop: bool = True) -> ModelInput
     if not display_input and volume.metadata.get("modality") not in (None, "CT"):
         warnings.append(f"modality is {volume.metadata.get('modality')}, not CT: HU windows may not apply")
     extent = body_box(volume, display_input) if spec.resize == "fit_body" and crop else volume.grid
+    if spec.foreground_above is not None:
+        extent = foreground_box(volume, spec)
     grid = model_grid(extent, spec, crop)
     fill = 0.0 if display_input else AIR_HU
     resampled = resample_array(volume.array, volume.grid, grid, "linear", fill)
     if spec.body_only:
         keep_body_only(resampled, display_input, fill)
-    channels = channel_arrays(resampled, spec, display_input)
+    if spec.intensity_steps is not None:
+        channels = np.repeat(resampled[None].astype(np.float32, copy=False), len(spec.channels), axis=0)
+        apply_steps(channels, spec.spatial_dims, spec.intensity_steps)
+    else:
+        channels = channel_arrays(resampled, spec, display_input)
     if spec.normalise != "none":
         normalise_images(channels, spec.spatial_dims, spec.normalise)
     for warning in warnings:

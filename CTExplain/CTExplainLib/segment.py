@@ -17,7 +17,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from .devices import autocast, with_cpu_fallback
-from .model_package import LoadedModel
+from .model_package import InputSpec, LoadedModel
 from .preprocess import ModelInput, preprocess
 from .resample import SeparablePlan, image_on_grid, resample_image_to_array, slabs
 from .volume import Grid, Volume, image_backed_array
@@ -36,11 +36,13 @@ class Segmentation:
 SLICES_PER_PASS = 16  # 2D models: axial slices through the network at a time
 
 
-def _window_probabilities(network: torch.nn.Module, inputs: torch.Tensor, roi: tuple, sw_batch_size: int, device: torch.device) -> torch.Tensor:
-    """Softmax over segments of MONAI's sliding-window logits of a batch (N, C, ...), on the CPU."""
+def _window_probabilities(network: torch.nn.Module, inputs: torch.Tensor, roi: tuple, sw_batch_size: int, device: torch.device, spec: InputSpec) -> torch.Tensor:
+    """Softmax over segments of MONAI's sliding-window logits of a batch (N, C, ...), on the CPU,
+    with the windows' overlap, blending and padding of the model's input spec."""
     with torch.no_grad(), autocast(device):
         logits = sliding_window_inference(
-            inputs.to(device), roi_size=roi, sw_batch_size=sw_batch_size, predictor=network, overlap=SW_OVERLAP, mode="gaussian"
+            inputs.to(device), roi_size=roi, sw_batch_size=sw_batch_size, predictor=network,
+            overlap=spec.window_overlap, mode=spec.window_blend, padding_mode=spec.window_padding,
         )
     return torch.softmax(logits.float(), dim=1).cpu()
 
@@ -53,7 +55,7 @@ def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.de
     spatial = tuple(model_input.tensor.shape[-metadata.input.spatial_dims:])
     roi = tuple(reversed(metadata.input.size)) if metadata.input.size else spatial
     if metadata.input.spatial_dims == 3:
-        return _window_probabilities(network, model_input.batch(), roi, 1, device)[0].numpy()
+        return _window_probabilities(network, model_input.batch(), roi, 1, device, metadata.input)[0].numpy()
     # 2D: a few slices at a time into one (k, segments, j, i) array, so that neither the whole
     # CT as a batch of slices nor its logits are held next to the probabilities; each pass is
     # one contiguous copy, and the (segments, k, j, i) view of the result costs nothing.
@@ -61,7 +63,7 @@ def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.de
     probabilities = np.empty((slices, len(metadata.classes)) + tuple(model_input.tensor.shape[2:]), dtype=np.float32)
     for start in range(0, slices, SLICES_PER_PASS):
         stop = min(start + SLICES_PER_PASS, slices)
-        probabilities[start:stop] = _window_probabilities(network, model_input.slices(start, stop), roi, 4, device).numpy()
+        probabilities[start:stop] = _window_probabilities(network, model_input.slices(start, stop), roi, 4, device, metadata.input).numpy()
     return probabilities.transpose(1, 0, 2, 3)
 
 
