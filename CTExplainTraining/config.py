@@ -47,6 +47,9 @@ class TrainConfig:
     normalise: str = "none"  # "image": zero mean, unit variance per image; "histogram": equalised (see the core's InputSpec)
     body_only: bool = False  # blank out what lies outside the body (table, text) in each slice
     image_spacing: Optional[List[float]] = None  # for inputs without geometry (2D images)
+    # A box around a point instead of the whole CT (the core's CropSpec, e.g. {"mode": "nodule",
+    # "in_plane_mm": 24}); training cuts it around each example's mask (CTExplainLib.points.crop).
+    crop: Optional[Dict[str, Any]] = None
     # Segmentation: training patches on the model grid, (i, j[, k]) voxels.
     patch_size: Optional[List[int]] = None
     patches_per_case: int = 4
@@ -71,6 +74,7 @@ class TrainConfig:
     flip_axes: List[int] = field(default_factory=lambda: [0])  # model axes (0 = i) to flip at random
     rotate_degrees: float = 10.0  # in-plane (about the model's k axis)
     scale_range: float = 0.1
+    shift_voxels: float = 0.0  # random shifts up to this many voxels along each axis
     intensity_jitter: float = 0.1
     # Chance of sharpening and of noise: a model trained on smooth (thick, upsampled) slices
     # meets sharp, noisy thin-slice CT at inference.
@@ -102,6 +106,7 @@ class TrainConfig:
             "resize": self.resize,
             "normalise": self.normalise,
             "body_only": self.body_only,
+            "crop": self.crop,
         }
         return parse_input_spec(data, Path(str(self.manifest)))
 

@@ -40,6 +40,7 @@ from PIL import Image
 from CTExplainLib.errors import InputError
 from CTExplainLib.loading import load_volume
 from CTExplainLib.model_package import InputSpec
+from CTExplainLib.points.crop import crop_input
 from CTExplainLib.preprocess import preprocess
 from CTExplainLib.resample import resample_array
 from CTExplainLib.volume import Grid, Volume
@@ -88,6 +89,8 @@ class LoadPreprocessd(MapTransform):
 
     Classifiers get the package's cropped/padded model grid; segmenters the whole input at
     the model spacing (training patches are cut later; inference slides a window over it).
+    Point models (``spec.crop``) get the box around the example's mask, as the core cuts it
+    around a point (the nodule's outline, or its centroid standing for the point).
     """
 
     def __init__(self, spec: InputSpec, crop: bool, image_spacing: Optional[Sequence[float]]) -> None:
@@ -99,13 +102,18 @@ class LoadPreprocessd(MapTransform):
     def __call__(self, data: Dict[str, Any]) -> Dict[str, Any]:
         path = Path(data[IMAGE])
         volume = load_volume(path, image_spacing=self.image_spacing)
-        model_input = preprocess(volume, self.spec, crop=self.crop)
-        out: Dict[str, Any] = {IMAGE: model_input.tensor.contiguous()}
         mask_path = data.get("mask")
-        if mask_path:
-            mask = read_mask(Path(mask_path), volume)
-            if not _overlap(mask.grid, volume.grid):
-                raise InputError(Path(mask_path), f"does not overlap its image {path} in physical space")
+        mask = read_mask(Path(mask_path), volume) if mask_path else None
+        if mask is not None and not _overlap(mask.grid, volume.grid):
+            raise InputError(Path(mask_path), f"does not overlap its image {path} in physical space")
+        if self.spec.crop is not None:
+            if mask is None:
+                raise InputError(path, "a point model learns from boxes around its nodule: the row needs a mask")
+            model_input = crop_input(volume, self.spec, mask=mask).model_input
+        else:
+            model_input = preprocess(volume, self.spec, crop=self.crop)
+        out: Dict[str, Any] = {IMAGE: model_input.tensor.contiguous()}
+        if mask is not None:
             labels = resample_array(mask.array.astype(np.float32), mask.grid, model_input.grid, "nearest", 0.0)
             out[LABEL] = torch.from_numpy(np.rint(labels).astype(np.uint8))[None]
         return out
@@ -173,7 +181,8 @@ def augmentation(config: TrainConfig, keys: Sequence[str], dims: int) -> Optiona
     angle = math.radians(config.rotate_degrees)
     rotate = (angle,) if dims == 2 else (angle, 0.0, 0.0)  # about the k axis: within the slice
     modes = ["bilinear" if k == IMAGE else "nearest" for k in keys]
-    affine = RandAffined(keys, prob=0.7, rotate_range=rotate, scale_range=config.scale_range, mode=modes, padding_mode="zeros")
+    affine = RandAffined(keys, prob=0.7, rotate_range=rotate, scale_range=config.scale_range, translate_range=config.shift_voxels,
+                         mode=modes, padding_mode="zeros")
     jitter = config.intensity_jitter
     intensity = [RandScaleIntensityd(IMAGE, factors=jitter, prob=0.5), RandShiftIntensityd(IMAGE, offsets=jitter / 2, prob=0.5)]
     if config.texture_prob > 0:

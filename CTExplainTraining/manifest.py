@@ -117,13 +117,12 @@ def read_manifest(
             problems.append(f"row {line}: column {image_column} is empty")
             continue
         image = _resolve(folder, image_text)
-        mask = None
-        if task == "segmentation":
-            mask_text = values.get(mask_column, "").strip()
-            if not mask_text:
-                problems.append(f"row {line}: column {mask_column} is empty")
-                continue
-            mask = _resolve(folder, mask_text)
+        # Classifiers may have masks too: point models cut their box around the outline.
+        mask_text = values.get(mask_column, "").strip()
+        if task == "segmentation" and not mask_text:
+            problems.append(f"row {line}: column {mask_column} is empty")
+            continue
+        mask = _resolve(folder, mask_text) if mask_text else None
         target = None if task == "segmentation" else _target(task, names, label_columns, line, values, problems)
         split = None
         if split_column and split_column in header:

@@ -28,6 +28,7 @@ NORMALISE_POLICIES = ("none", "image", "histogram")
 ORIENTATION_LETTERS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
 WINDOW_BLENDS = ("constant", "gaussian")
 WINDOW_PADDINGS = ("constant", "reflect", "replicate", "circular")
+CROP_MODES = ("nodule", "point")
 
 
 @dataclass
@@ -37,6 +38,21 @@ class ChannelSpec:
     name: str
     level: float
     width: float
+
+
+@dataclass
+class CropSpec:
+    """A box cut around a point before resampling (see ``CTExplainLib.points.crop``).
+
+    "nodule": centred on the nodule's centroid (its mask's connected part nearest the point),
+    in-plane ``in_plane_mm`` wide, through-plane only the slices the nodule spans; the rest of
+    the model grid is air. "point": centred on the point, ``in_plane_mm`` wide, the slices
+    within ``through_plane_mm / 2`` of it; for a segmenter that outlines the nodule there.
+    """
+
+    mode: str
+    in_plane_mm: float
+    through_plane_mm: Optional[float] = None
 
 
 @dataclass
@@ -80,6 +96,8 @@ class InputSpec:
     window_overlap: float = 0.25
     window_blend: str = "gaussian"
     window_padding: str = "constant"
+    # A box around a point (a nodule) instead of the whole CT; None: the whole CT.
+    crop: Optional[CropSpec] = None
 
 
 @dataclass
@@ -165,6 +183,36 @@ def _flag(value: Any, path: Path, what: str) -> bool:
     return value
 
 
+def _positive_mm(value: Any, path: Path, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ModelPackageError(path, f"input crop {what} must be a positive number of millimetres, got {value!r}")
+    return float(value)
+
+
+def parse_crop_spec(data: Any, dims: int, size: Optional[tuple], spacing: Optional[tuple], path: Path) -> Optional[CropSpec]:
+    """The input's crop, checked: a known mode, positive extents, a fixed model grid."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ModelPackageError(path, f"input crop must be an object such as {{'mode': 'nodule', 'in_plane_mm': 24}}, got {data!r}")
+    unknown = sorted(set(data) - {"mode", "in_plane_mm", "through_plane_mm"})
+    if unknown:
+        raise ModelPackageError(path, f"input crop has unknown key(s) {', '.join(unknown)}")
+    mode = str(data.get("mode"))
+    if mode not in CROP_MODES:
+        raise ModelPackageError(path, f"input crop mode must be one of {', '.join(CROP_MODES)}, got {data.get('mode')!r}")
+    if size is None or spacing is None:
+        raise ModelPackageError(path, "input crop needs the model grid's size and spacing")
+    if mode == "nodule" and dims != 3:
+        raise ModelPackageError(path, "input crop mode 'nodule' is for 3D networks (spatial_dims 3)")
+    through = data.get("through_plane_mm")
+    if mode == "point":
+        through = _positive_mm(through, path, "through_plane_mm")
+    elif through is not None:
+        raise ModelPackageError(path, "input crop mode 'nodule' takes the nodule's own slices, not through_plane_mm")
+    return CropSpec(mode, _positive_mm(data.get("in_plane_mm"), path, "in_plane_mm"), through)
+
+
 def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
     dims = int(_require(data, "spatial_dims", path))
     if dims not in (2, 3):
@@ -184,10 +232,14 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
     size = _tuple_or_none(data.get("size"), dims, path, "size", int)
     if (resize in FIT_POLICIES or resize == "stretch") and size is None:
         raise ModelPackageError(path, f"input resize {resize!r} needs a size")
+    spacing = _tuple_or_none(data.get("spacing"), dims, path, "spacing", float)
+    crop = parse_crop_spec(data.get("crop"), dims, size, spacing, path)
+    if crop is not None and resize != "crop":
+        raise ModelPackageError(path, f"input crop and resize {resize!r} exclude each other")
     return InputSpec(
         spatial_dims=dims,
         channels=channels,
-        spacing=_tuple_or_none(data.get("spacing"), dims, path, "spacing", float),
+        spacing=spacing,
         size=size,
         orientation=_check_orientation(data.get("orientation", "LPS"), path),
         intensity=intensity,
@@ -195,6 +247,7 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
         normalise=normalise,
         body_only=_flag(data.get("body_only", False), path, "input body_only"),
         **_bundle_input_options(data, path),
+        crop=crop,
     )
 
 
