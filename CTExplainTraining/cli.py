@@ -33,7 +33,7 @@ def _add_field(parser: argparse.ArgumentParser, name: str, kind: str, default: A
     shown = None if default is MISSING else default
     if kind == "bool":
         parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=f"(default {shown})")
-    elif kind.startswith("Dict"):
+    elif kind.startswith(("Dict", "Optional[Dict")):
         parser.add_argument(flag, dest=name, type=json.loads, default=None, help="JSON object")
     elif kind.startswith("List[Dict"):
         parser.add_argument(flag, dest=name, type=json.loads, default=None, help="JSON list, e.g. [{\"name\": \"brain\", \"level\": 40, \"width\": 80}]")

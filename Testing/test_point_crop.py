@@ -55,6 +55,8 @@ def test_crop_spec_is_validated():
         ({"crop": {"mode": "nodule", "in_plane_mm": 24, "slices": 3}}, "unknown key"),
         ({"crop": {"mode": "point", "in_plane_mm": 24}}, "through_plane_mm"),
         ({"crop": {"mode": "nodule", "in_plane_mm": 24, "through_plane_mm": 5}}, "own slices"),
+        ({"crop": {"mode": "nodule", "in_plane_mm": 24, "outline_channel": "yes"}}, "true or false"),
+        ({"crop": {"mode": "point", "in_plane_mm": 24, "through_plane_mm": 5, "outline_channel": True}}, "needs mode 'nodule'"),
         ({"size": None}, "size and spacing"),
         ({"resize": "fit"}, "exclude each other"),
         ({"spatial_dims": 2, "spacing": [1, 1], "size": [32, 32]}, "3D networks"),

@@ -48,11 +48,14 @@ class CropSpec:
     in-plane ``in_plane_mm`` wide, through-plane only the slices the nodule spans; the rest of
     the model grid is air. "point": centred on the point, ``in_plane_mm`` wide, the slices
     within ``through_plane_mm / 2`` of it; for a segmenter that outlines the nodule there.
+    ``outline_channel`` (mode "nodule"): the nodule's outline is one more input channel, after
+    the windows (the network's in_channels counts it).
     """
 
     mode: str
     in_plane_mm: float
     through_plane_mm: Optional[float] = None
+    outline_channel: bool = False
 
 
 @dataclass
@@ -195,7 +198,7 @@ def parse_crop_spec(data: Any, dims: int, size: Optional[tuple], spacing: Option
         return None
     if not isinstance(data, dict):
         raise ModelPackageError(path, f"input crop must be an object such as {{'mode': 'nodule', 'in_plane_mm': 24}}, got {data!r}")
-    unknown = sorted(set(data) - {"mode", "in_plane_mm", "through_plane_mm"})
+    unknown = sorted(set(data) - {"mode", "in_plane_mm", "through_plane_mm", "outline_channel"})
     if unknown:
         raise ModelPackageError(path, f"input crop has unknown key(s) {', '.join(unknown)}")
     mode = str(data.get("mode"))
@@ -210,7 +213,10 @@ def parse_crop_spec(data: Any, dims: int, size: Optional[tuple], spacing: Option
         through = _positive_mm(through, path, "through_plane_mm")
     elif through is not None:
         raise ModelPackageError(path, "input crop mode 'nodule' takes the nodule's own slices, not through_plane_mm")
-    return CropSpec(mode, _positive_mm(data.get("in_plane_mm"), path, "in_plane_mm"), through)
+    outline = _flag(data.get("outline_channel", False), path, "input crop outline_channel")
+    if outline and mode != "nodule":
+        raise ModelPackageError(path, "input crop outline_channel needs mode 'nodule' (a nodule's outline)")
+    return CropSpec(mode, _positive_mm(data.get("in_plane_mm"), path, "in_plane_mm"), through, outline)
 
 
 def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:

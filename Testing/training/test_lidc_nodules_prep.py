@@ -65,3 +65,22 @@ def test_test_patients_are_fixed_stratified_and_never_in_a_fold(prepared) -> Non
     nodules = [Nodule(f"n{i}", f"p{i % 30}", 1 + i % 5, 5.0, np.zeros(3), Path("i"), Path("m")) for i in range(60)]
     assert test_patients(nodules) == test_patients(list(reversed(nodules)))
     assert len(test_patients(nodules)) == 6
+
+
+def test_training_cuts_the_box_the_core_cuts_at_a_point(prepared, data_dir: Path) -> None:
+    from CTExplainLib.errors import InputError
+    from CTExplainLib.points.crop import crop_input
+    from CTExplainTraining.config import make_config, read_recipe
+    from CTExplainTraining.data import LoadPreprocessd
+
+    recipe = read_recipe(Path(__file__).resolve().parents[2] / "CTExplainTraining" / "recipes" / "lung_nodule_malignancy.json")
+    config = make_config({**recipe, "manifest": str(prepared["malignancy"])})
+    spec = config.input_spec()
+    row = _rows(prepared["nodules"])[0]
+    loaded = LoadPreprocessd(spec, True, None)({"image": row["image"], "mask": row["mask"]})
+    point = [float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])]
+    at_point = crop_input(load_volume(row["image"]), spec, point, load_volume(row["mask"])).model_input.tensor
+    assert tuple(loaded["image"].shape) == (2, 16, 32, 32)
+    assert float((loaded["image"] - at_point).abs().max()) < 1e-6
+    with pytest.raises(InputError, match="needs a mask"):
+        LoadPreprocessd(spec, True, None)({"image": row["image"], "mask": ""})

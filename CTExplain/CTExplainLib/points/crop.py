@@ -14,6 +14,8 @@ box at a point of a full CT, so training and inference both build their input he
    spans (mode "nodule") or the slices within ``through_plane_mm / 2`` of the point.
 3. That box alone is resampled (linear) onto the model grid: the package's size, spacing and
    orientation, centred on the centre. Model voxels beyond the box are air.
+4. With ``outline_channel``, the nodule's outline resampled (linear) onto the same grid is
+   one more channel.
 
 Because the box is the source's own voxels, a crop file that holds the whole box (a crop
 of the same series, as LIDC's are) yields the same network input as the full CT it was cut
@@ -171,6 +173,10 @@ def crop_input(volume: Volume, spec: InputSpec, point: Optional[Sequence[float]]
     channels = channel_arrays(resampled, spec, display_input=False)
     if spec.normalise != "none":
         normalise_images(channels, spec.spatial_dims, spec.normalise)
+    if crop.outline_channel:
+        assert nodule is not None and mask is not None  # mode "nodule"
+        outline = resample_array(nodule.astype(np.float32), mask.grid, grid, "linear", 0.0)
+        channels = np.concatenate([channels, outline[None]])
     warnings: List[str] = []
     return PointInput(ModelInput(torch.from_numpy(channels), grid, warnings), centre, box, nodule)
 
