@@ -6,14 +6,17 @@ logistic regression on ``diameter_mm`` alone fitted on the same folds and the sa
 patients. The decision threshold is chosen on the pooled out-of-fold probabilities (Youden's
 J), never on the test patients; sensitivity, specificity, the confusion matrix and the
 expected calibration error on the test patients use it. Nodules rated 3 are predicted and
-summarised, not scored.
+summarised, not scored. With ``--segmenter``, the test nodules are scored once more with the
+box cut around that segmenter's outline at the table's centre, as at a user's point.
 
 ``segmenter``: the package outlines each test nodule at its ``nodules.csv`` centre, as at a
 user's point (:func:`CTExplainLib.points.outline.outline_nodule`); Dice against the readers'
-outline on the crop's grid, and the diameter error against ``diameter_mm``.
+outline on the crop's grid, and the error of its sphere-equivalent diameter against ``diameter_mm``.
 
-    python -m CTExplainTraining.nodule_check malignancy CTExplainTraining/recipes/lung_nodule_malignancy.json
-    python -m CTExplainTraining.nodule_check segmenter build/runs/lung-nodule-segmenter/model build/lidc-nodules/nodules.csv
+    python -m CTExplainTraining.nodule_check malignancy CTExplainTraining/recipes/lung_nodule_malignancy.json \
+        --segmenter build/runs/lung-nodule-segmenter/model --record-in build/runs/lung-nodule-malignancy/model
+    python -m CTExplainTraining.nodule_check segmenter build/runs/lung-nodule-segmenter/model build/lidc-nodules/nodules.csv \
+        --record-in build/runs/lung-nodule-segmenter/model
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from CTExplainLib.classify import probabilities_from_logits
 from CTExplainLib.loading import load_volume
 from CTExplainLib.model_package import load_package
+from CTExplainLib.package_files import METADATA_FILE
 from CTExplainLib.points.crop import crop_input
 from CTExplainLib.points.outline import nodule_size, outline_nodule
 from CTExplainLib.resample import resample_array
@@ -43,7 +47,7 @@ from .engine import CHECKPOINT, build_model
 from .manifest import Example
 from .metrics import classification_metrics
 from .run import PACKAGE_DIR, load_manifest
-from .splits import patient_folds
+from .splits import holdout_split, patient_folds
 
 LOG = logging.getLogger(__name__)
 RESULT_FILE = "nodule_check.json"
@@ -75,7 +79,13 @@ def _scored(probabilities: np.ndarray, targets: np.ndarray, threshold: float) ->
             "threshold": threshold, "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}, "n": metrics["n"]}
 
 
-def check_malignancy(recipe: Path, nodules_csv: Optional[Path] = None) -> Dict[str, Any]:
+def _centres(nodules_csv: Path) -> Dict[str, List[float]]:
+    with open(nodules_csv, newline="") as handle:
+        return {os.path.normpath(row["image"]): [float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])]
+                for row in csv.DictReader(handle)}
+
+
+def check_malignancy(recipe: Path, nodules_csv: Optional[Path] = None, segmenter: Optional[Path] = None) -> Dict[str, Any]:
     config = make_config(read_recipe(recipe))
     manifest = load_manifest(config)
     spec = config.input_spec()
@@ -121,6 +131,15 @@ def check_malignancy(recipe: Path, nodules_csv: Optional[Path] = None) -> Dict[s
         }
     if nodules_csv is not None:
         result["rating_3"] = _rating_three(final, spec, nodules_csv, result["model"]["test"]["threshold"])
+    if segmenter is not None and nodules_csv is not None:
+        # As at a user's point: the segmenter's outline at the table's centre, not the readers'.
+        centres = _centres(nodules_csv)
+        outliner = load_package(segmenter)
+        at_point = [crop_input(volume, spec, centres[str(examples[i].image)], outline).model_input.tensor
+                    for i in test for volume in [load_volume(examples[i].image)]
+                    for outline in [outline_nodule(outliner, volume, centres[str(examples[i].image)], torch.device("cpu"))]]
+        result["model"]["test_segmenter_outline"] = _scored(predict(final.network, at_point), targets[test],
+                                                            result["model"]["test"]["threshold"])
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
     return result
 
@@ -149,17 +168,33 @@ def _rating_three(model: Any, spec: Any, nodules_csv: Path, threshold: float) ->
     }
 
 
-def check_segmenter(package: Path, nodules_csv: Path, split: str = "test") -> Dict[str, Any]:
+def validation_patients(recipe: Path) -> List[str]:
+    """The patients a segmenter recipe's run validated on (its holdout split)."""
+    config = make_config(read_recipe(recipe))
+    manifest = load_manifest(config)
+    fold = holdout_split(manifest, config.val_fraction, config.seed)
+    return sorted({manifest.examples[i].patient for i in fold.val})
+
+
+def check_segmenter(package: Path, nodules_csv: Path, split: str = "test", threshold: Optional[float] = None,
+                    recipe: Optional[Path] = None) -> Dict[str, Any]:
+    """Dice at the point on the test patients, or (``split="val"``, with the recipe) on the
+    run's own validation patients, where a ``threshold`` may be chosen."""
     model = load_package(package)
     device = torch.device("cpu")
     dice, diameter_error, rows_out = [], [], []
     with open(nodules_csv, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["split"] == split]
+        if split == "val":
+            assert recipe is not None, "the validation patients come from the recipe's run"
+            chosen = set(validation_patients(recipe))
+            rows = [r for r in csv.DictReader(handle) if r["patient"] in chosen]
+        else:
+            rows = [r for r in csv.DictReader(handle) if r["split"] == split]
     for row in rows:
         volume, reference = load_volume(row["image"]), load_volume(row["mask"])
         point = [float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])]
         try:
-            outline = outline_nodule(model, volume, point, device)
+            outline = outline_nodule(model, volume, point, device, threshold=threshold)
         except Exception as exc:  # a missed nodule scores Dice 0; the reason is kept
             LOG.warning("%s: %s", row["key"], exc)
             dice.append(0.0)
@@ -168,22 +203,35 @@ def check_segmenter(package: Path, nodules_csv: Path, split: str = "test") -> Di
         predicted = resample_array(outline.array.astype(np.float32), outline.grid, reference.grid, "nearest", 0.0) > 0.5
         truth = reference.array > 0
         score = 2.0 * float((predicted & truth).sum()) / float(predicted.sum() + truth.sum())
-        size = nodule_size(outline)
+        size, readers = nodule_size(outline), nodule_size(reference)
         dice.append(score)
-        diameter_error.append(size.diameter_mm - float(row["diameter_mm"]))
+        diameter_error.append(size.equivalent_diameter_mm - float(row["diameter_mm"]))
         rows_out.append({"key": row["key"], "dice": score, **size.to_dict(), "reference_diameter_mm": float(row["diameter_mm"]),
-                         "reference_volume_ml": float(truth.sum()) * float(np.prod(reference.grid.spacing)) / 1000.0})
+                         "readers_outline": readers.to_dict()})
     errors = np.abs(diameter_error)
     result = {
-        "package": str(package), "split": split, "nodules": len(rows), "patients": len({r["patient"] for r in rows}),
+        "package": str(package), "split": split, "threshold": model.metadata.threshold if threshold is None else threshold,
+        "nodules": len(rows), "patients": len({r["patient"] for r in rows}),
         "dice_mean": float(np.mean(dice)), "dice_median": float(np.median(dice)),
         "dice_below_0.5": int(np.sum(np.asarray(dice) < 0.5)),
+        # The outline's sphere-equivalent diameter against nodules.csv's diameter_mm.
         "diameter_error_mm": {"mean_absolute": float(errors.mean()), "median_absolute": float(np.median(errors)),
                               "mean_signed": float(np.mean(diameter_error))},
+        "volume_ml_median": {"outline": float(np.median([r["volume_ml"] for r in rows_out if "volume_ml" in r])),
+                             "readers": float(np.median([r["readers_outline"]["volume_ml"] for r in rows_out if "readers_outline" in r]))},
         "per_nodule": rows_out,
     }
-    (Path(package).parent / RESULT_FILE).write_text(json.dumps(result, indent=2))
+    if split == "test":
+        (Path(package).parent / RESULT_FILE).write_text(json.dumps(result, indent=2))
     return result
+
+
+def record_in_package(package: Path, result: Dict[str, Any]) -> None:
+    """The check's numbers (without the per-nodule rows) into the package's provenance."""
+    metadata_file = Path(package) / METADATA_FILE
+    metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
+    metadata.setdefault("provenance", {})["evaluation"] = {k: v for k, v in result.items() if k != "per_nodule"}
+    metadata_file.write_text(json.dumps(metadata, indent=2), encoding="utf-8")
 
 
 def _print(result: Dict[str, Any], prefix: str = "") -> None:
@@ -202,15 +250,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     malignancy = commands.add_parser("malignancy")
     malignancy.add_argument("recipe", type=Path)
     malignancy.add_argument("--nodules", type=Path, default=Path("build/lidc-nodules/nodules.csv"))
+    malignancy.add_argument("--segmenter", type=Path, help="also score the test nodules with this point segmenter's outline")
     segmenter = commands.add_parser("segmenter")
     segmenter.add_argument("package", type=Path)
     segmenter.add_argument("nodules", type=Path)
+    segmenter.add_argument("--split", choices=("test", "val"), default="test", help="val: the run's validation patients (needs --recipe)")
+    segmenter.add_argument("--threshold", type=float, help="nodule probability for the outline (default: the package's)")
+    segmenter.add_argument("--recipe", type=Path)
+    for command in (malignancy, segmenter):
+        command.add_argument("--record-in", type=Path, help="a package whose provenance gets these numbers (evaluation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "malignancy":
-        _print(check_malignancy(args.recipe, args.nodules))
+        result = check_malignancy(args.recipe, args.nodules, args.segmenter)
     else:
-        _print(check_segmenter(args.package, args.nodules))
+        result = check_segmenter(args.package, args.nodules, args.split, args.threshold, args.recipe)
+    _print(result)
+    if args.record_in:
+        record_in_package(args.record_in, result)
     return 0
 
 
