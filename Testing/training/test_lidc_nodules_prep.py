@@ -80,7 +80,7 @@ def test_training_cuts_the_box_the_core_cuts_at_a_point(prepared, data_dir: Path
     loaded = LoadPreprocessd(spec, True, None)({"image": row["image"], "mask": row["mask"]})
     point = [float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])]
     at_point = crop_input(load_volume(row["image"]), spec, point, load_volume(row["mask"])).model_input.tensor
-    assert tuple(loaded["image"].shape) == (2, 16, 32, 32)
+    assert tuple(loaded["image"].shape) == (3, 16, 32, 32)  # two windows and the outline
     assert float((loaded["image"] - at_point).abs().max()) < 1e-6
     with pytest.raises(InputError, match="needs a mask"):
         LoadPreprocessd(spec, True, None)({"image": row["image"], "mask": ""})
