@@ -3,25 +3,31 @@
     ctexplain explain INPUT... --out DIR [--model PKG] [--segmenter PKG] [--method gradcam] ...
     ctexplain explain --sample --out DIR
     ctexplain models
+    torchrun --nproc_per_node N -m CTExplainLib.cli explain INPUT... --out DIR
 
 Every case gets its own output folder; a failing case is reported and the others still run;
 the exit status is 2 if any case failed. Each sample case runs with its own models unless
---model/--segmenter are given; INPUT paths run with those or with the defaults.
+--model/--segmenter are given; INPUT paths run with those or with the defaults. Under
+torchrun the cases are split between the processes (see cohort/ranks.py).
+
+Only light modules are imported here: torch, MONAI, SimpleITK and pydicom are imported inside
+the functions that run cases, so that ``--help`` and ``models`` answer at once.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import sys
-from pathlib import Path
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .discovery import case_name, discover_cases
+from .cohort.ranks import CohortGroup, Rank, rank_from_environment, share
+from .commandline.choices import DEVICE_CHOICES, IMAGE_FORMATS, METHODS
+from .commandline.progress import LineProgress, QuietProgress
 from .errors import CTExplainError
-from .model_package import LoadedModel, load_package
 from .models_catalog import (
     DEFAULT_CLASSIFIER,
     DEFAULT_SEGMENTER,
@@ -32,15 +38,32 @@ from .models_catalog import (
     locate_package,
     resolve_models,
 )
-from .pipeline import METHODS, CaseResult, ExplainOptions, explain_case
 from .slice_labels import read_slice_labels
+
+if TYPE_CHECKING:
+    from .model_package import LoadedModel
+    from .pipeline import CaseResult, ExplainOptions, Progress
 
 LOG = logging.getLogger("ctexplain")
 EXIT_CASE_FAILED = 2
 
 # The folders of a classifier and a segmenter (None: no segmenter), and the loaded pair.
 ModelKey = Tuple[Path, Optional[Path]]
-Models = Tuple[LoadedModel, Optional[LoadedModel]]
+Models = Tuple["LoadedModel", Optional["LoadedModel"]]
+
+
+def load_package(path: Path) -> "LoadedModel":
+    """:func:`model_package.load_package`, imported when a case needs it (it imports torch)."""
+    from .model_package import load_package as load
+
+    return load(path)
+
+
+def explain_case(*args: Any, **kwargs: Any) -> "CaseResult":
+    """:func:`pipeline.explain_case`, imported when a case runs (it imports torch and MONAI)."""
+    from .pipeline import explain_case as explain
+
+    return explain(*args, **kwargs)
 
 
 @dataclass
@@ -52,35 +75,61 @@ class Job:
     models: ModelKey
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctexplain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
-    commands = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help; options without a fixed default (None, an empty
+    list) say in their own help what happens without them."""
 
-    explain = commands.add_parser("explain", help="classify, explain and segment CT cases")
-    explain.add_argument("inputs", nargs="*", type=Path, help="CT files or folders (DICOM, NIfTI, NRRD, MHA, image stacks)")
-    explain.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per case)")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default == []:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctexplain", description=__doc__.split("\n\n")[0].replace("``", ""), formatter_class=_HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    explain = commands.add_parser(
+        "explain", help="classify, explain and segment CT cases", formatter_class=_HelpFormatter,
+        description="Classify, explain and segment CT cases: one output folder per case under --out.",
+        epilog="cohorts: under\n"
+               "  torchrun --nproc_per_node N [--nnodes M ...] -m CTExplainLib.cli explain INPUT... --out DIR\n"
+               "the cases are split between the processes, each writing its own case folders;\n"
+               "rank 0 writes DIR/summary.csv and summary.html once all are done.",
+    )
+    explain.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
+                         help="NIfTI/NRRD/MHA files, DICOM folders or any file in one, folders of PNG/JPEG slices "
+                              "(with --spacing), or folders holding many of these")
+    explain.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder, one sub-folder per case (required)")
     explain.add_argument("--sample", action="store_true", help="also run the sample cases shipped with CTExplain, each with its own models")
     explain.add_argument("--model", default=None,
-                         help=f"classifier package (folder or name) for every case (default {DEFAULT_CLASSIFIER}; sample cases: their own)")
+                         help=f"classifier package (folder or name) for every case (default: {DEFAULT_CLASSIFIER}; sample cases: their own)")
     explain.add_argument("--segmenter", default=None,
-                         help=f"segmenter package, or 'none', for every case (default {DEFAULT_SEGMENTER}; sample cases: their own)")
-    explain.add_argument("--method", choices=METHODS, default="gradcam")
-    explain.add_argument("--classes", nargs="+", default=None, help="findings to write heat maps for")
-    explain.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    explain.add_argument("--series", dest="series_uid", default=None, help="SeriesInstanceUID to load from a DICOM folder")
-    explain.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), help="mm spacing of 2D image stacks")
-    explain.add_argument("--format", dest="image_format", choices=("nrrd", "nii.gz"), default="nrrd")
-    explain.add_argument("--slice-labels", type=Path, default=None, help="CSV (case,slice,positive): report CAM energy in positive slices")
+                         help=f"segmenter package (folder or name), or 'none', for every case (default: {DEFAULT_SEGMENTER}; sample cases: their own)")
+    explain.add_argument("--method", choices=METHODS, default="gradcam", help="class activation map method")
+    explain.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                         help="findings to write heat maps for (default: every finding of a model with up to 8 classes, "
+                              "otherwise those above its threshold)")
+    explain.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device; auto: CUDA, then MPS, then the CPU")
+    explain.add_argument("--series", dest="series_uid", default=None, metavar="UID",
+                         help="SeriesInstanceUID to load from a DICOM folder (default: the CT series with the most slices)")
+    explain.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), default=None,
+                         help="voxel spacing in mm of PNG/JPEG slices, which carry none (default: none; such inputs need it)")
+    explain.add_argument("--format", dest="image_format", choices=IMAGE_FORMATS, default="nrrd", help="file format of heat maps and label maps")
+    explain.add_argument("--slice-labels", type=Path, default=None, metavar="CSV",
+                         help="CSV (case,slice,positive): report the CAM energy in positive slices (default: none; --sample uses the samples' own)")
     explain.add_argument("--keep-phi", action="store_true", help="keep patient name/ID in result.json (and in the DICOM outputs)")
     explain.add_argument("--dicom-out", action="store_true",
                          help="DICOM input only: also write the label map as a DICOM SEG and each heat map as a DICOM Parametric Map")
-    explain.add_argument("--no-progress", action="store_true", help="no progress bar")
+    explain.add_argument("--no-progress", action="store_true", help="no progress output (otherwise a bar on a terminal, one line per stage in a log)")
     explain.add_argument("--progress-jsonl", action="store_true",
                          help="machine-readable progress: one JSON object per line on stdout (the summary goes to stderr)")
 
-    models = commands.add_parser("models", help="list the model packages CTExplain can find")
-    models.add_argument("--dir", action="append", type=Path, default=[], help="also look in this folder")
+    models = commands.add_parser("models", help="list the model packages CTExplain can find", formatter_class=_HelpFormatter)
+    models.add_argument("--dir", action="append", type=Path, default=[], metavar="FOLDER",
+                        help="also look in this folder (repeatable; always searched: the shipped models, "
+                             "~/.ctexplain/models and $CTEXPLAIN_MODELS)")
     return parser
 
 
@@ -93,7 +142,7 @@ def _model_names(args: argparse.Namespace, sample: Optional[SampleCase]) -> Tupl
 
 def _load_models(keys: Sequence[ModelKey], classes: Optional[Sequence[str]]) -> Dict[ModelKey, Models]:
     """Each package once, however many pairs use it; checked before any case runs."""
-    loaded: Dict[Path, LoadedModel] = {}
+    loaded: Dict[Path, "LoadedModel"] = {}
     for path in dict.fromkeys(p for key in keys for p in key if p is not None):
         loaded[path] = load_package(path)
     for key in keys:
@@ -114,8 +163,11 @@ def _jobs(args: argparse.Namespace) -> Tuple[List[Job], List[Tuple[Path, str]]]:
     """The cases to run (INPUT paths first, then the samples) and the inputs that are not there.
 
     Folders are named per job rather than per path: the same file may run twice, once as an
-    input with the default models and once as a sample with its own.
+    input with the default models and once as a sample with its own. Every rank of a cohort
+    gets the same list.
     """
+    from .discovery import case_name, discover_cases  # pydicom: only when cases are looked for
+
     requests: List[Tuple[List[Path], Optional[SampleCase]]] = [(list(args.inputs), None)] if args.inputs else []
     if args.sample:
         requests += [([sample.path], sample) for sample in SAMPLES]
@@ -133,20 +185,42 @@ def _jobs(args: argparse.Namespace) -> Tuple[List[Job], List[Tuple[Path, str]]]:
     return jobs, problems
 
 
-def _summary(results: Sequence[CaseResult]) -> str:
-    rows = [("case", "status", "top finding", "time s", "output / error")]
+def _options(args: argparse.Namespace) -> "ExplainOptions":
+    from .pipeline import ExplainOptions
+
+    slice_labels = read_slice_labels(args.slice_labels) if args.slice_labels else None
+    if args.sample:  # the samples' own labels, unless the user's file names the same case
+        for sample in SAMPLES:
+            if sample.slice_labels is not None:
+                slice_labels = {**read_slice_labels(sample.slice_labels), **(slice_labels or {})}
+    return ExplainOptions(
+        method=args.method,
+        classes=args.classes,
+        device=args.device,
+        image_format=args.image_format,
+        keep_phi=args.keep_phi,
+        dicom_out=args.dicom_out,
+        series_uid=args.series_uid,
+        image_spacing=tuple(args.spacing) if args.spacing else None,
+        slice_labels=slice_labels,
+    )
+
+
+def _summary(results: Sequence["CaseResult"]) -> str:
+    """The table printed at the end; a failed case's error was printed when it failed."""
+    rows = [("case", "status", "top finding", "time s", "output")]
     for r in results:
         if r.ok:
             top = max(r.probabilities.items(), key=lambda kv: kv[1]) if r.probabilities else ("-", 0.0)
             rows.append((Path(r.input).name, "ok", f"{top[0]} {top[1]:.3f}", f"{sum(r.timings.values()):.1f}", str(r.output)))
         else:
-            rows.append((Path(r.input).name, "FAILED", "-", f"{sum(r.timings.values()):.1f}", r.error))
+            rows.append((Path(r.input).name, "FAILED", "-", f"{sum(r.timings.values()):.1f}", "- (see its error: line)"))
     widths = [max(len(row[c]) for row in rows[:]) for c in range(4)]
     lines = ["  ".join(row[c].ljust(widths[c]) for c in range(4)) + "  " + row[4] for row in rows]
     return "\n".join(lines)
 
 
-class JsonlProgress:
+class JsonlProgress(QuietProgress):
     """``--progress-jsonl``: one JSON object per line on stdout, flushed at once, for a parent process.
 
     A line when a case enters a stage for the first time (stages such as "heat maps" are entered
@@ -175,7 +249,7 @@ class JsonlProgress:
         self.fraction = max(self.fraction, min(float(fraction), 1.0))
         self._emit({"stage": stage, "fraction": self.fraction})
 
-    def end_case(self, result: CaseResult) -> None:
+    def end_case(self, result: "CaseResult") -> None:
         self._emit({"stage": "done", "fraction": 1.0, "ok": result.ok, "error": result.error,
                     "output": str(result.output) if result.output else None})
 
@@ -185,7 +259,79 @@ class JsonlProgress:
         self.stream.flush()
 
 
-def _write_cohort_summary(out: Path, results: Sequence[CaseResult]) -> None:
+class _BarProgress(QuietProgress):
+    """A tqdm bar, on a terminal only: the case as its description, the stage after it."""
+
+    def __init__(self, cases: int) -> None:
+        from tqdm import tqdm
+
+        self.tqdm = tqdm
+        self.bar = tqdm(total=cases, unit="case")
+
+    def start_case(self, case: str, index: int, cases: int) -> None:
+        self.bar.set_description(case)
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        self.bar.set_postfix_str(stage)
+
+    def end_case(self, result: "CaseResult") -> None:
+        self.bar.update(1)
+
+    def write(self, line: str) -> None:
+        self.tqdm.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(args: argparse.Namespace, rank: Rank, cases: int) -> QuietProgress:
+    if args.progress_jsonl:
+        return JsonlProgress()
+    if args.no_progress:
+        return QuietProgress()
+    if sys.stderr.isatty() and not rank.enabled:
+        return _BarProgress(cases)
+    return LineProgress(prefix=rank.prefix)
+
+
+@contextmanager
+def _warnings_once(verbose: bool) -> Iterator[None]:
+    """The core logs a case's warnings as it finds them and also returns them with the case's
+    result, whose warnings are printed after it: without --verbose the logged copy is held back."""
+    core = logging.getLogger("CTExplainLib")
+    level = core.level
+    if not verbose:
+        core.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        core.setLevel(level)
+
+
+def _run_jobs(mine: Sequence[Tuple[int, Job]], total: int, models: Dict[ModelKey, Models], options: "ExplainOptions",
+              args: argparse.Namespace, rank: Rank) -> List[Tuple[int, "CaseResult"]]:
+    """This rank's cases, each with its index in the whole list; a failing case is reported and
+    the next one runs."""
+    progress = _progress(args, rank, len(mine))
+    done: List[Tuple[int, "CaseResult"]] = []
+    try:
+        with _warnings_once(args.verbose):
+            for index, job in mine:
+                progress.start_case(job.folder.name, index, total)
+                classifier, segmenter = models[job.models]
+                result = explain_case(job.case, job.folder, classifier, segmenter, options, progress)
+                progress.end_case(result)
+                if not result.ok:
+                    progress.write(f"error: {result.error}")
+                for warning in result.warnings:
+                    progress.write(f"warning: {job.folder.name}: {warning}")
+                done.append((index, result))
+    finally:
+        progress.close()
+    return done
+
+
+def _write_cohort_summary(out: Path, results: Sequence["CaseResult"]) -> None:
     """summary.csv and summary.html in ``out`` when several cases ran (outputs/report.py)."""
     from .outputs.report import CaseEntry, cohort_summary
 
@@ -195,65 +341,46 @@ def _write_cohort_summary(out: Path, results: Sequence[CaseResult]) -> None:
         print(f"error: {out}: cannot write the cohort summary: {exc}", file=sys.stderr)
 
 
-def run_explain(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _finish(out: Path, out_existed: bool, results: Sequence["CaseResult"], to_stderr: bool) -> None:
+    """Rank 0, once every case is done: the cohort summary, no empty --out, the table."""
+    _write_cohort_summary(out, results)
+    if not out_existed and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # every case failed: leave no empty folder behind
+    print(_summary(results), file=sys.stderr if to_stderr else sys.stdout)
 
+
+def run_explain(args: argparse.Namespace) -> int:
     if not args.inputs and not args.sample:
         print("ctexplain explain: give INPUT paths or --sample", file=sys.stderr)
         return EXIT_CASE_FAILED
     try:
+        rank = rank_from_environment()
+    except CTExplainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CASE_FAILED
+    if not rank.is_main and not args.verbose:  # what every rank finds alike is said once, by rank 0
+        logging.getLogger().setLevel(logging.ERROR)
+    out_existed = args.out.exists()
+    try:
         jobs, problems = _jobs(args)
         models = _load_models([job.models for job in jobs], args.classes)
+        options = _options(args)
     except CTExplainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if rank.is_main:
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_CASE_FAILED
-    try:
-        slice_labels = read_slice_labels(args.slice_labels) if args.slice_labels else None
-        if args.sample:  # the samples' own labels, unless the user's file names the same case
-            for sample in SAMPLES:
-                if sample.slice_labels is not None:
-                    slice_labels = {**read_slice_labels(sample.slice_labels), **(slice_labels or {})}
-    except CTExplainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CASE_FAILED
-    options = ExplainOptions(
-        method=args.method,
-        classes=args.classes,
-        device=args.device,
-        image_format=args.image_format,
-        keep_phi=args.keep_phi,
-        dicom_out=args.dicom_out,
-        series_uid=args.series_uid,
-        image_spacing=tuple(args.spacing) if args.spacing else None,
-        slice_labels=slice_labels,
-    )
-    results: List[CaseResult] = [CaseResult(input=str(path), error=problem) for path, problem in problems]
-    args.out.mkdir(parents=True, exist_ok=True)
-    jsonl = JsonlProgress() if args.progress_jsonl else None
-    bar = tqdm(total=len(jobs), unit="case", disable=args.no_progress or jsonl is not None or not sys.stderr.isatty() and "CI" in os.environ)
-    for index, job in enumerate(jobs):
-        bar.set_description(job.case.name)
+    from .pipeline import CaseResult
 
-        def progress(stage: str, fraction: float) -> None:
-            bar.set_postfix_str(stage)
-
-        if jsonl is not None:
-            jsonl.start_case(job.folder.name, index, len(jobs))
-        classifier, segmenter = models[job.models]
-        result = explain_case(job.case, job.folder, classifier, segmenter, options, jsonl if jsonl is not None else progress)
-        if jsonl is not None:
-            jsonl.end_case(result)
-        if not result.ok:
-            tqdm.write(f"error: {result.error}", file=sys.stderr)
-        for warning in result.warnings:
-            tqdm.write(f"warning: {job.case.name}: {warning}", file=sys.stderr)
-        results.append(result)
-        bar.update(1)
-    bar.close()
-    for path, problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-    print(_summary(results), file=sys.stderr if jsonl is not None else sys.stdout)
-    _write_cohort_summary(args.out, results)
+    if rank.is_main:
+        for _, problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+    with CohortGroup(rank, args.device) as group:
+        mine = _run_jobs(share(list(enumerate(jobs)), rank), len(jobs), models, options, args, rank)
+        done = sorted(group.gather(mine), key=lambda pair: pair[0])
+        results = [CaseResult(input=str(path), error=problem) for path, problem in problems] + [result for _, result in done]
+        if rank.is_main:
+            _finish(args.out, out_existed, results, args.progress_jsonl)
+        group.barrier()  # no rank exits (torchrun stops the rest when one exits 2) before the summary is written
     return 0 if all(r.ok for r in results) else EXIT_CASE_FAILED
 
 

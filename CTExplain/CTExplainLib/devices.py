@@ -7,8 +7,9 @@ from typing import Callable, ContextManager, List, TypeVar
 
 import torch
 
+from .commandline.choices import DEVICE_CHOICES
+
 LOG = logging.getLogger(__name__)
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 T = TypeVar("T")
 
 

@@ -8,13 +8,20 @@ from pydicom.misc import is_dicom
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 SLICE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Stripped from file names to name a case, longest first (".seg.nrrd" before ".nrrd").
+NAME_SUFFIXES = tuple(sorted({".seg.nrrd", *VOLUME_SUFFIXES, *SLICE_IMAGE_SUFFIXES}, key=len, reverse=True))
 
 
 def case_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+    """The name of a case's output folder: a file inside a DICOM series loads the whole series,
+    so it is named after the series' folder; other files after their name without the image
+    extension (``foo.nii.gz`` -> ``foo``, ``0001.png`` -> ``0001``); folders after themselves."""
+    if path.is_file() and (path.suffix.lower() == ".dcm" or is_dicom(str(path))):
+        return path.resolve().parent.name
+    name = path.name or path.resolve().name
+    for suffix in NAME_SUFFIXES:
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or path.parent.name
+            return name[: -len(suffix)] or path.resolve().parent.name
     return name
 
 

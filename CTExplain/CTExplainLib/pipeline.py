@@ -25,6 +25,7 @@ import numpy as np
 
 from .anatomy import AnatomyStats, Regions, anatomy_stats
 from .classify import Classification, classify_and_explain
+from .commandline.choices import METHODS
 from .devices import resolve_device
 from .errors import CTExplainError, InputError
 from .loading import load_volume
@@ -39,7 +40,6 @@ from .writing import case_output_directory, write_image, write_json, write_label
 
 LOG = logging.getLogger(__name__)
 
-METHODS = ("cam", "gradcam", "gradcampp")
 ALL_CLASSES_UP_TO = 8  # models with more classes get heat maps only for findings above threshold
 Progress = Callable[[str, float], None]
 

@@ -42,8 +42,8 @@ def check_spacing(path: Path, image_spacing: Optional[Sequence[float]]) -> Tuple
     if image_spacing is None:
         raise InputError(
             path,
-            "2D images (PNG/JPEG) carry no voxel spacing: give one as image_spacing (x, y, z in mm), "
-            "e.g. --image-spacing 0.5 0.5 5",
+            "2D images (PNG/JPEG) carry no voxel spacing: give it as x y z in mm, e.g. --spacing 0.5 0.5 5 "
+            "(image_spacing in Python and in training recipes)",
         )
     try:
         values = tuple(float(v) for v in image_spacing)
