@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the model packages CTExplain can find", formatter_class=_HelpFormatter)
     models.add_argument("--dir", action="append", type=Path, default=[], metavar="FOLDER",
-                        help="also look in this folder (repeatable; always searched: the shipped models, "
+                        help="also look in this folder, repeatable (default: only the shipped models, "
                              "~/.ctexplain/models and $CTEXPLAIN_MODELS)")
     return parser
 
