@@ -8,28 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
+# One description of a torchrun process for training and for the core's cohorts.
+from CTExplainLib.cohort.ranks import Rank as Distributed
+
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def launched_by_torchrun() -> bool:

@@ -27,8 +27,8 @@ SOURCE = Path(cli.__file__).resolve().parents[1]  # the CTExplain folder these t
 
 
 def test_rank_from_environment() -> None:
-    assert rank_from_environment({}) == Rank(0, 1, 0)
-    assert rank_from_environment({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Rank(3, 4, 1)
+    assert rank_from_environment({}) == Rank(rank=0, local_rank=0, world_size=1)
+    assert rank_from_environment({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Rank(rank=3, local_rank=1, world_size=4)
     for bad in ({"RANK": "4", "WORLD_SIZE": "4"}, {"RANK": "x", "WORLD_SIZE": "2"}, {"RANK": "0", "WORLD_SIZE": "0"}):
         with pytest.raises(CTExplainError):
             rank_from_environment(bad)
@@ -36,9 +36,9 @@ def test_rank_from_environment() -> None:
 
 def test_shares_cover_every_case_once() -> None:
     cases = list(range(7))
-    shares = [share(cases, Rank(r, 3)) for r in range(3)]
+    shares = [share(cases, Rank(rank=r, world_size=3)) for r in range(3)]
     assert shares == [[0, 3, 6], [1, 4], [2, 5]]
-    assert share(cases[:1], Rank(1, 2)) == []  # more ranks than cases: a rank may have none
+    assert share(cases[:1], Rank(rank=1, world_size=2)) == []  # more ranks than cases: a rank may have none
 
 
 def _files(folder: Path) -> List[str]:

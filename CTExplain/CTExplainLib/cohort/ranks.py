@@ -30,9 +30,11 @@ GATHER_TIMEOUT = timedelta(days=2)
 
 @dataclass(frozen=True)
 class Rank:
+    """A process of a torchrun group (also the training package's ``Distributed``)."""
+
     rank: int = 0
-    world_size: int = 1
     local_rank: int = 0
+    world_size: int = 1
 
     @property
     def enabled(self) -> bool:
@@ -60,7 +62,7 @@ def rank_from_environment(environ: Optional[Mapping[str, str]] = None) -> Rank:
         raise CTExplainError(f"RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers: {exc}") from exc
     if world < 1 or not 0 <= rank < world or local < 0:
         raise CTExplainError(f"RANK {rank} and WORLD_SIZE {world} do not describe a rank of a group")
-    return Rank(rank, world, local)
+    return Rank(rank=rank, local_rank=local, world_size=world)
 
 
 def share(items: Sequence[T], rank: Rank) -> List[T]:
