@@ -124,7 +124,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--split", help="only rows of this split (e.g. test)")
     parser.add_argument("--segmenter", help="segmentation package (folder or name): CAM share inside its lesion labels too")
     parser.add_argument("--lesion-labels", type=int, nargs="+", help="mask values that are lesion (default: all non-zero)")
-    parser.add_argument("--spacing", "--image-spacing", dest="image_spacing", type=float, nargs=3, help="spacing of 2D image files (x y z, mm), as ctexplain's --spacing")
+    parser.add_argument("--spacing", "--image-spacing", dest="image_spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="spacing of 2D image files (x y z, mm), as ctexplain's --spacing")
     parser.add_argument("--method", default="gradcam", choices=["cam", "gradcam", "gradcampp"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="folder for attention.json and one picture per case")
