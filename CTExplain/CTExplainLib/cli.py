@@ -42,7 +42,7 @@ from .slice_labels import read_slice_labels
 
 if TYPE_CHECKING:
     from .model_package import LoadedModel
-    from .pipeline import CaseResult, ExplainOptions, Progress
+    from .pipeline import CaseResult, ExplainOptions
 
 LOG = logging.getLogger("ctexplain")
 EXIT_CASE_FAILED = 2
