@@ -41,6 +41,19 @@ def test_shares_cover_every_case_once() -> None:
     assert share(cases[:1], Rank(rank=1, world_size=2)) == []  # more ranks than cases: a rank may have none
 
 
+def test_rank_without_its_group_says_so(data_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """RANK and WORLD_SIZE set by hand, without torchrun's rendezvous: one error line, no traceback."""
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    status = cli.main(["explain", str(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz"), "--out", str(tmp_path / "out"),
+                       "--model", "demo-chest-classifier-untrained", "--segmenter", "none", "--device", "cpu"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status == 2 and len(errors) == 1 and "rank 1 of 2 cannot join its torchrun group" in errors[0], errors
+    assert not (tmp_path / "out").exists()
+
+
 def _files(folder: Path) -> List[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 

@@ -374,13 +374,17 @@ def run_explain(args: argparse.Namespace) -> int:
     if rank.is_main:
         for _, problem in problems:
             print(f"error: {problem}", file=sys.stderr)
-    with CohortGroup(rank, args.device) as group:
-        mine = _run_jobs(share(list(enumerate(jobs)), rank), len(jobs), models, options, args, rank)
-        done = sorted(group.gather(mine), key=lambda pair: pair[0])
-        results = [CaseResult(input=str(path), error=problem) for path, problem in problems] + [result for _, result in done]
-        if rank.is_main:
-            _finish(args.out, out_existed, results, args.progress_jsonl)
-        group.barrier()  # no rank exits (torchrun stops the rest when one exits 2) before the summary is written
+    try:
+        with CohortGroup(rank, args.device) as group:
+            mine = _run_jobs(share(list(enumerate(jobs)), rank), len(jobs), models, options, args, rank)
+            done = sorted(group.gather(mine), key=lambda pair: pair[0])
+            results = [CaseResult(input=str(path), error=problem) for path, problem in problems] + [result for _, result in done]
+            if rank.is_main:
+                _finish(args.out, out_existed, results, args.progress_jsonl)
+            group.barrier()  # no rank exits (torchrun stops the rest when one exits 2) before the summary is written
+    except CTExplainError as exc:  # joining the group failed (cases report their own errors)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CASE_FAILED
     return 0 if all(r.ok for r in results) else EXIT_CASE_FAILED
 
 

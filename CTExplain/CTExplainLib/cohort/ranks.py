@@ -88,7 +88,10 @@ class CohortGroup:
         if self.device in ("auto", "cuda") and torch.cuda.is_available():
             torch.cuda.set_device(self.rank.local_rank % torch.cuda.device_count())
         if not dist.is_initialized():
-            dist.init_process_group(backend="gloo", timeout=GATHER_TIMEOUT)
+            try:
+                dist.init_process_group(backend="gloo", timeout=GATHER_TIMEOUT)
+            except (ValueError, RuntimeError) as exc:  # e.g. RANK and WORLD_SIZE set by hand, without torchrun's MASTER_ADDR
+                raise CTExplainError(f"rank {self.rank.rank} of {self.rank.world_size} cannot join its torchrun group: {exc}") from exc
         LOG.info("rank %d of %d (local rank %d) joined the cohort", self.rank.rank, self.rank.world_size, self.rank.local_rank)
         return self
 
