@@ -52,3 +52,14 @@ def cam_overlays(
         slices = min(3, volume.array.shape[0])
         pictures.append((title, finding_montage(volume, heat, None, title, slices=slices, window=window, radiological=True)))
     return pictures
+
+
+def map_sanity_check(model: LoadedModel, images: Sequence[Path], image_spacing: Optional[Sequence[float]], device: torch.device) -> Optional[dict]:
+    """The maps' sanity check (CTExplainLib.trust.sanity) on the report's cases; None if they cannot be read."""
+    from CTExplainLib.trust.sanity import check_files, sanity_record
+
+    try:
+        return sanity_record(check_files(model, images, image_spacing, device=device), [str(image) for image in images])
+    except CTExplainError as exc:
+        LOG.warning("no sanity check: %s", exc)
+        return None

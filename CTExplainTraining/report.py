@@ -73,6 +73,7 @@ class RunReport:
     overlays: List[Tuple[str, np.ndarray]]
     config: Dict[str, Any]
     fold_metrics: Optional[List[Dict[str, Any]]] = None
+    sanity_check: Optional[Dict[str, Any]] = None  # CTExplainLib.trust.sanity's record, for classifiers
 
 
 def write_report(report: RunReport, path: Path) -> Path:
@@ -140,6 +141,10 @@ def render_report(report: RunReport) -> str:
         for caption, image in report.overlays:
             parts.append(f"<figure>{_img(_overlay_png(image, caption), caption)}<figcaption>{esc(caption)}</figcaption></figure>")
 
+    if report.sanity_check:
+        parts.append("<h2>Sanity check of the maps</h2>")
+        parts.append(_sanity_table(report.sanity_check))
+
     parts.append("<h2>Configuration</h2>")
     parts.append(_config_table(report.config))
     parts.append("</body></html>")
@@ -170,6 +175,18 @@ def _per_class_table(per_class: Dict[str, Any], names: Sequence[str], segmentati
     )
     label = "segment" if segmentation else "class"
     return f"<table><tr><th>{label}</th>{head}</tr>{body}</table>"
+
+
+def _sanity_table(record: Dict[str, Any]) -> str:
+    """Per cascading-randomisation step, the mean (sd) Spearman correlation with the trained maps."""
+    rows = "".join(
+        f"<tr><td>{_esc(step['layers_randomised'])}</td><td>{_esc(step['layer'])}</td>"
+        f"<td>{step['spearman_mean']:+.3f}</td><td>{step['spearman_sd']:.3f}</td></tr>"
+        for step in record.get("steps", [])
+    )
+    note = (f'<p class="note">{_esc(record.get("method", ""))}, on {len(record.get("cases", []))} case(s). '
+            f'Verdict: <b>{_esc(record.get("verdict", ""))}</b> ({_esc(record.get("rule", ""))}).</p>')
+    return note + "<table><tr><th>step</th><th>layer randomised (and those above)</th><th>Spearman mean</th><th>sd</th></tr>" + rows + "</table>"
 
 
 def _fold_table(fold_metrics: List[Dict[str, Any]]) -> str:

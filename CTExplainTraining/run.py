@@ -22,7 +22,7 @@ from .engine import FitResult, StepCallback, Trainer
 from .export import export_package
 from .manifest import Example, Manifest, ManifestError, read_class_folders, read_manifest
 from .metrics import summarise_folds
-from .overlays import cam_overlays
+from .overlays import cam_overlays, map_sanity_check
 from .report import RunReport, write_report
 from .splits import holdout_split, patient_folds, test_indices
 from .validate import Validation, segment_files, validate_classifier, validate_segmenter
@@ -157,11 +157,13 @@ def _finish(config: TrainConfig, manifest: Manifest, network: Optional[torch.nn.
         package = export_package(out / PACKAGE_DIR, config, manifest, network, metrics, data)
     probabilities, targets = _pooled(validations)
     overlays = []
+    sanity = None
     if package is not None and config.task != "segmentation" and validations and config.report_cases:
         shown = validations[-1]
         chosen = list(range(min(config.report_cases, len(shown.images))))
         model = load_package(package, device)
         overlays = cam_overlays(model, [shown.images[i] for i in chosen], [shown.targets[i] for i in chosen], config.image_spacing, device)
+        sanity = map_sanity_check(model, [shown.images[i] for i in chosen], config.image_spacing, device)
     report_metrics = metrics.get("validation") or metrics.get("cross_validation") or metrics
     report = RunReport(
         title=f"{config.name} {config.version}",
@@ -174,8 +176,9 @@ def _finish(config: TrainConfig, manifest: Manifest, network: Optional[torch.nn.
         overlays=overlays,
         config=config.to_json(),
         fold_metrics=fold_metrics or None,
+        sanity_check=sanity,
     )
     report_path = write_report(report, out / REPORT_FILE)
-    (out / SUMMARY_FILE).write_text(json.dumps({"metrics": metrics, "fold_metrics": fold_metrics, "data": data}, indent=2, default=float))
+    (out / SUMMARY_FILE).write_text(json.dumps({"metrics": metrics, "fold_metrics": fold_metrics, "data": data, "sanity_check": sanity}, indent=2, default=float))
     LOG.info("package %s, report %s", package, report_path)
     return RunSummary(package, report_path, metrics, fold_metrics)

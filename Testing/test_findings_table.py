@@ -20,3 +20,15 @@ def test_columns_rows_ras_peak_and_missing_regions() -> None:
     assert columns["Peak RAS"][1] == ["-10.0, 20.0, 5.0", "", ""]  # L and P flip sign in RAS
     lungs = columns["CAM in lungs"][1]
     assert lungs[0] == 0.7 and math.isnan(lungs[1]) and math.isnan(lungs[2])
+
+
+def test_faithfulness_columns_only_when_measured() -> None:
+    findings = [
+        {"name": "a", "probability": 0.9, "faithfulness": {"verdict": "faithful", "score": 0.134}},
+        {"name": "b", "probability": 0.1},
+    ]
+    columns = {title: (kind, values) for title, kind, values in findings_table(findings)}
+    assert columns["Faithfulness"] == ("string", ["faithful", ""])
+    kind, scores = columns["Faithfulness score"]
+    assert kind == "double" and scores[0] == 0.134 and math.isnan(scores[1])
+    assert "Faithfulness" not in {title for title, _, _ in findings_table(findings[1:])}

@@ -52,7 +52,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def child(input_path: Path, out: Path, model: str, segmenter: str) -> None:
+def child(input_path: Path, out: Path, model: str, segmenter: str, faithfulness: Optional[str] = None) -> None:
     """Run ``ctexplain explain`` on one case in this process and print its numbers as JSON."""
     started = time.perf_counter()
     from CTExplainLib import cli
@@ -80,7 +80,8 @@ def child(input_path: Path, out: Path, model: str, segmenter: str) -> None:
         return result
 
     cli.load_package, cli.explain_case = load_package, explain_case
-    status = cli.main(["explain", str(input_path), "--out", str(out), "--model", model, "--segmenter", segmenter, "--device", "cpu", "--no-progress"])
+    extra = ["--faithfulness", faithfulness] if faithfulness else []
+    status = cli.main(["explain", str(input_path), "--out", str(out), "--model", model, "--segmenter", segmenter, "--device", "cpu", "--no-progress", *extra])
     if status != 0:
         raise SystemExit(f"ctexplain explain failed with status {status}")
     folders = [p for p in out.iterdir() if (p / "result.json").is_file()]
@@ -132,7 +133,8 @@ def run_case(path: Path, out: Path, args: argparse.Namespace, code: Optional[Pat
     if code is not None:  # another checkout's CTExplainLib, found before the installed one
         env["PYTHONPATH"] = os.pathsep.join([str(code / "CTExplain")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     completed = subprocess.run(
-        [sys.executable, __file__, "--child", str(path), str(out), "--model", args.model, "--segmenter", args.segmenter],
+        [sys.executable, __file__, "--child", str(path), str(out), "--model", args.model, "--segmenter", args.segmenter,
+         *(["--faithfulness", args.faithfulness] if getattr(args, "faithfulness", None) else [])],
         capture_output=True,
         text=True,
         env=env,
@@ -189,10 +191,11 @@ def main() -> int:
     parser.add_argument("--untrained-network", default=None, help="benchmark an untrained 18-class classifier of this registry network")
     parser.add_argument("--baseline-code", type=Path, default=None, help="also run each case with the CTExplainLib of this checkout, side by side")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case (and code); medians are printed")
+    parser.add_argument("--faithfulness", default=None, help="ctexplain explain's --faithfulness (default: its default)")
     parser.add_argument("--child", nargs=2, type=Path, metavar=("INPUT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.model, args.segmenter)
+        child(args.child[0], args.child[1], args.model, args.segmenter, args.faithfulness)
         return 0
     with tempfile.TemporaryDirectory() as scratch:
         if args.untrained_network:

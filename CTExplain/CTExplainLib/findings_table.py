@@ -9,7 +9,8 @@ TableColumn = Tuple[str, str, List[Any]]  # (title, "string" or "double", one va
 def findings_table(findings: Sequence[Dict[str, Any]]) -> List[TableColumn]:
     """One row per finding: name, probability, where its map lies, and the share of its CAM
     energy in each region ("CAM in <segment>", "CAM in background", "CAM in outside_body";
-    NaN where a finding has no share for a region)."""
+    NaN where a finding has no share for a region), and where any finding's map was measured
+    for faithfulness, its verdict and score (empty / NaN for the others)."""
     regions: List[str] = []
     for finding in findings:
         for region in (finding.get("anatomy") or {}).get("energy_by_segment", {}):
@@ -18,6 +19,9 @@ def findings_table(findings: Sequence[Dict[str, Any]]) -> List[TableColumn]:
     columns: List[TableColumn] = [("Finding", "string", []), ("Probability", "double", []), ("Dominant region", "string", []),
                                   ("Peak region", "string", []), ("Peak RAS", "string", [])]
     columns += [(f"CAM in {region}", "double", []) for region in regions]
+    measured = any(finding.get("faithfulness") for finding in findings)
+    if measured:
+        columns += [("Faithfulness", "string", []), ("Faithfulness score", "double", [])]
     for finding in findings:
         stats = finding.get("anatomy") or {}
         lps = stats.get("peak_lps")
@@ -25,6 +29,9 @@ def findings_table(findings: Sequence[Dict[str, Any]]) -> List[TableColumn]:
         energy = stats.get("energy_by_segment", {})
         values = [finding["name"], float(finding["probability"]), stats.get("dominant_segment") or "",
                   stats.get("peak_segment") or "", peak] + [float(energy.get(region, float("nan"))) for region in regions]
+        if measured:
+            faithful = finding.get("faithfulness") or {}
+            values += [str(faithful.get("verdict", "")), float(faithful.get("score", float("nan")))]
         for (_, _, column), value in zip(columns, values):
             column.append(value)
     return columns

@@ -130,6 +130,9 @@ class ModelMetadata:
     volume_score_k: int = 3
     untrained: bool = False
     provenance: Dict[str, Any] = field(default_factory=dict)
+    # Optional: the maps' sanity check under cascading randomisation (trust/sanity.py), as
+    # ``ctexplain check-model --record`` writes it.
+    sanity_check: Optional[Dict[str, Any]] = None
 
     @property
     def class_names(self) -> List[str]:
@@ -325,7 +328,22 @@ def parse_metadata(data: Dict[str, Any], path: Path) -> ModelMetadata:
         volume_score_k=int(data.get("volume_score_k", 3)),
         untrained=bool(data.get("untrained", False)),
         provenance=dict(data.get("provenance", {})),
+        sanity_check=_sanity_check(data.get("sanity_check"), path),
     )
+
+
+def _sanity_check(value: Any, path: Path) -> Optional[Dict[str, Any]]:
+    """The optional ``sanity_check`` record: a verdict and steps, each with a correlation in [-1, 1]."""
+    if value is None:
+        return None
+    steps = value.get("steps") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or not isinstance(value.get("verdict"), str) or not isinstance(steps, list) or not steps:
+        raise ModelPackageError(path, "sanity_check must be an object with a 'verdict' and a non-empty list of 'steps'")
+    for step in steps:
+        rho = step.get("spearman_mean") if isinstance(step, dict) else None
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not -1.0 <= rho <= 1.0:
+            raise ModelPackageError(path, f"sanity_check: each step needs a spearman_mean in [-1, 1], got {rho!r}")
+    return dict(value)
 
 
 def _build(metadata: ModelMetadata, path: Path) -> torch.nn.Module:

@@ -219,9 +219,10 @@ def _radiological_flip(grid: Grid) -> Callable[[np.ndarray], np.ndarray]:
     return orient
 
 
-def montage_layout(panel: PanelShape, rows: int) -> Dict[str, int]:
-    """Where :func:`finding_montage` puts things, for callers and tests that locate panels."""
-    header = 2 * TEXT_LINE_PX + GAP_PX
+def montage_layout(panel: PanelShape, rows: int, caption_lines: int = 0) -> Dict[str, int]:
+    """Where :func:`finding_montage` puts things, for callers and tests that locate panels
+    (``caption_lines``: lines of caption under the title)."""
+    header = (2 + caption_lines) * TEXT_LINE_PX + GAP_PX
     row_h = TEXT_LINE_PX + panel.height + GAP_PX
     return {
         "width": 3 * panel.width + 4 * GAP_PX,
@@ -268,6 +269,7 @@ def finding_montage(
     radiological: bool = False,
     energy: Optional[np.ndarray] = None,
     segments: Optional[Sequence[LegendEntry]] = None,
+    caption: Optional[str] = None,
 ) -> np.ndarray:
     """An (H, W, 3) uint8 picture of one finding on its ``slices`` key axial slices.
 
@@ -282,7 +284,8 @@ def finding_montage(
     anterior is up and the patient's right is on the image left; slice indices stay k.
 
     ``energy``, the map's :func:`slice_energy` if already computed (e.g. by the anatomy
-    statistics), saves a pass over the map.
+    statistics), saves a pass over the map. ``caption``, if given, is a line under the title
+    (e.g. the map's faithfulness).
 
     Below the rows, a colour bar reads the heat map's colours (0 to 1), and a legend names
     each outline's colour: ``segments`` (label value, name, RGB), the package's segments, give
@@ -300,11 +303,13 @@ def finding_montage(
     if label_colors is None and segments:
         label_colors = segment_colors(segments)
     rows = [(k, slice_panels(ct, heat, labels, k, window, MAX_PANEL_PX, label_colors, radiological)) for k in chosen]
-    layout = montage_layout(montage_panel_shape(ct), len(rows))
+    captions = [caption] if caption else []
+    layout = montage_layout(montage_panel_shape(ct), len(rows), len(captions))
     canvas = Image.new("RGB", (layout["width"], layout["height"]), (0, 0, 0))
-    _draw_text(canvas, (GAP_PX, 2), title)
+    for line, text in enumerate([title] + captions):
+        _draw_text(canvas, (GAP_PX, line * TEXT_LINE_PX + 2), text)
     for column, name in enumerate(PANEL_TITLES):
-        _draw_text(canvas, (layout["left"] + column * layout["column_pitch"], TEXT_LINE_PX + 2), name)
+        _draw_text(canvas, (layout["left"] + column * layout["column_pitch"], (1 + len(captions)) * TEXT_LINE_PX + 2), name)
     for row, (k, panels) in enumerate(rows):
         top = layout["first_panel_top"] + row * layout["row_pitch"]
         share = float(energy[k]) / total if total > 0 else 0.0

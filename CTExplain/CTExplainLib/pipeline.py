@@ -35,6 +35,7 @@ from .outputs.report import write_case_report
 from .preprocess import preprocess
 from .segment import Segmentation, segment
 from .slice_labels import positive_slices
+from .trust.faithfulness import CHOICES as FAITHFULNESS_CHOICES, DEFAULT as DEFAULT_FAITHFULNESS, Faithfulness, measure as measure_faithfulness, resolve_mode
 from .volume import Volume, image_backed_array
 from .writing import case_output_directory, write_image, write_json, write_label_map, write_png, write_segmentation
 
@@ -55,6 +56,7 @@ class ExplainOptions:
     image_spacing: Optional[Tuple[float, float, float]] = None  # for 2D image stacks
     dicom_out: bool = False  # also a DICOM SEG and Parametric Maps (DICOM input only; outputs/dicom_export.py)
     slice_labels: Optional[Dict[str, Dict[int, bool]]] = None  # per case, see slice_labels.py
+    faithfulness: str = DEFAULT_FAITHFULNESS  # "auto", "off", "fast" or "full": see trust/faithfulness.py
 
 
 @dataclass
@@ -67,6 +69,7 @@ class CaseResult:
     timings: Dict[str, float] = field(default_factory=dict)  # seconds per stage
     elapsed_s: float = 0.0  # wall-clock seconds of the whole case, loading to publishing
     warnings: List[str] = field(default_factory=list)
+    faithfulness: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per finding, as in result.json
 
 
 def _no_progress(stage: str, fraction: float) -> None:
@@ -146,6 +149,7 @@ class Analysis:
     classification: Classification
     segmentation: Optional[Segmentation]
     positive_slices: Optional[Sequence[bool]] = None  # per axial slice, where slice labels exist
+    faithfulness: Dict[int, Faithfulness] = field(default_factory=dict)  # per finding index
 
 
 def analyse(
@@ -158,6 +162,8 @@ def analyse(
     """Classify, explain and segment an already loaded volume (the Slicer module's entry point)."""
     if options.method not in METHODS:
         raise CTExplainError(f"method must be one of {', '.join(METHODS)}, got {options.method!r}")
+    if options.faithfulness not in FAITHFULNESS_CHOICES:
+        raise CTExplainError(f"faithfulness must be one of {', '.join(FAITHFULNESS_CHOICES)}, got {options.faithfulness!r}")
     source = volume.metadata.get("source", "input")
     if classifier.metadata.input.spatial_dims == 3 and volume.metadata.get("dims") == 2:
         raise InputError(source, f"is a single 2D image but model {classifier.metadata.name} needs a 3D volume")
@@ -168,16 +174,27 @@ def analyse(
         model_input = preprocess(volume, classifier.metadata.input)
     with timer.stage("classify+explain"):
         classification = classify_and_explain(classifier, model_input, options.method, device)
+    faithful: Dict[int, Faithfulness] = {}
+    if _measures_faithfulness(options, classifier):
+        with timer.stage("faithfulness"):
+            findings = select_findings(classification, classifier.metadata.threshold, options.classes)
+            faithful = measure_faithfulness(classifier, model_input.tensor, classification, findings, options.faithfulness, device)
     del model_input  # not kept while the segmenter runs
     segmentation = None
     if segmenter is not None:
         segmentation = segment(segmenter, volume, device, timer.stage)
-    return Analysis(volume, classification, segmentation)
+    return Analysis(volume, classification, segmentation, faithfulness=faithful)
 
 
-def case_stages(with_segmenter: bool, before: Sequence[str], after: Sequence[str]) -> List[str]:
+def _measures_faithfulness(options: ExplainOptions, classifier: LoadedModel) -> bool:
+    valid = options.faithfulness in FAITHFULNESS_CHOICES  # else analyse reports it
+    return valid and resolve_mode(options.faithfulness, classifier.metadata.input.spatial_dims) != "off"
+
+
+def case_stages(with_segmenter: bool, before: Sequence[str], after: Sequence[str], faithful: bool = False) -> List[str]:
     """The progress stages of one case: ``before``, those of :func:`analyse`, then ``after``."""
-    return [*before, "preprocess", "classify+explain", *(["segment", "map labels"] if with_segmenter else []), *after]
+    return [*before, "preprocess", "classify+explain", *(["faithfulness"] if faithful else []),
+            *(["segment", "map labels"] if with_segmenter else []), *after]
 
 
 @dataclass
@@ -217,7 +234,8 @@ def explain_in_memory(
     """Classify, explain and segment ``volume`` and prepare its statistics; the heat maps are
     made when :meth:`InMemoryResult.heat_maps` is iterated. ``after`` names the caller's own
     stages, timed with the result's ``timer``, so that progress reaches 1 only at their end."""
-    timer = StageTimer(progress, case_stages(segmenter is not None, [], ["statistics", *after]))
+    timer = StageTimer(progress, case_stages(segmenter is not None, [], ["statistics", *after],
+                                             _measures_faithfulness(options, classifier)))
     analysis = analyse(volume, classifier, segmenter, options, timer)
     with timer.stage("statistics"):
         regions = case_regions(analysis)
@@ -286,6 +304,8 @@ def analysis_record(analysis: Analysis, classifier: LoadedModel, segmenter: Opti
         }
         for name, probability, raw_max in zip(classification.class_names, classification.probabilities, classification.raw_max)
     ]
+    for index, measured in analysis.faithfulness.items():
+        findings[index]["faithfulness"] = measured.to_dict()
     warnings = list(analysis.volume.metadata.get("warnings", [])) + classification.warnings
     if segmentation is not None:
         warnings += segmentation.warnings
@@ -365,7 +385,9 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
                     record["dicom_heat_map"] = dicom.write_heat_map(heat, name, index, f"heatmap_{slug(name)}", classifier.identity, folder)
             with timer.stage("write"):
                 title = f"{name}  p={probability:.3f}  ({options.method})"
-                montage = finding_montage(volume, heat, labels, title, radiological=True, energy=stats.slice_energy, segments=segments)
+                measured = analysis.faithfulness.get(index)
+                montage = finding_montage(volume, heat, labels, title, radiological=True, energy=stats.slice_energy, segments=segments,
+                                          caption=measured.caption() if measured is not None else None)
                 record["montage"] = f"montage_{slug(name)}.png"
                 write_png(montage, folder / record["montage"])
         with timer.stage("write"):
@@ -390,7 +412,8 @@ def explain_case(
 ) -> CaseResult:
     """Run one case into ``out_dir`` (created complete or not at all); errors are reported, not raised."""
     options = options or ExplainOptions()
-    timer = StageTimer(progress or _no_progress, case_stages(segmenter is not None, ["load"], ["heat maps", "statistics", "write"]))
+    timer = StageTimer(progress or _no_progress, case_stages(segmenter is not None, ["load"], ["heat maps", "statistics", "write"],
+                                                            _measures_faithfulness(options, classifier)))
     result = CaseResult(input=str(input_path))
     started = time.perf_counter()
     try:
@@ -407,6 +430,7 @@ def explain_case(
         result.ok, result.output = True, out_dir
         result.probabilities = {f["name"]: f["probability"] for f in record["findings"]}
         result.warnings = record["warnings"]
+        result.faithfulness = {f["name"]: f["faithfulness"] for f in record["findings"] if "faithfulness" in f}
     except CTExplainError as exc:
         result.error = str(exc)
     except Exception as exc:  # one case's failure, whatever it is, must not stop the others

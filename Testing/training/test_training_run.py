@@ -52,6 +52,9 @@ def test_log_report_and_checkpoint(trained: Path) -> None:
         assert "val_auc_macro" in row and "val_loss" in row
     html = (trained / "report.html").read_text()
     assert "any_hemorrhage" in html and "data:image/png;base64," in html
+    assert "Sanity check of the maps" in html  # cascading randomisation of the exported classifier
+    sanity = json.loads((trained / "summary.json").read_text())["sanity_check"]
+    assert sanity["steps"] and all(-1.0 <= step["spearman_mean"] <= 1.0 for step in sanity["steps"])
     assert (trained / "fit" / "checkpoint.pt").exists()
     # The same scalars in TensorBoard (installed with the [train] extra), read back by its own reader.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -1,0 +1,1 @@
+"""How far a map and a model can be trusted: faithfulness of maps, sanity of models, domain of inputs."""
