@@ -21,12 +21,12 @@ def add_check_model_parser(commands: "argparse._SubParsersAction", formatter: ty
     check.add_argument("package", help="classifier package (folder or name)")
     check.add_argument("cases", nargs="+", type=Path, help="CT files or folders the maps are compared on")
     check.add_argument("--method", choices=METHODS, default="gradcam", help="class activation map method")
-    check.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), help="mm spacing of 2D images")
+    check.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), help="voxel spacing in mm of PNG/JPEG slices, which carry none (default: none; such inputs need it)")
     check.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="compute device")
     check.add_argument("--seed", type=int, default=0, help="seed of the re-initialisation")
     check.add_argument("--record", action="store_true",
                        help="write the result into the package's ctexplain-model.json as 'sanity_check' (cases named as given)")
-    check.add_argument("--note", default=None, help="with --record: how the cases were made or where they come from")
+    check.add_argument("--note", default=None, help="with --record: how the cases were made or where they come from (default: none)")
 
 
 def run_check_model(args: argparse.Namespace) -> int:
