@@ -12,11 +12,11 @@ fraction perturbed (0..1) times the probability (0..1), by the trapezoid rule.
 minimum, which is what air, and the outside of the body that some models blank, becomes
 after the package's windows and normalisation (0 for HU windows, the darkest level after
 histogram equalisation, the z-score of air after "image" normalisation). One baseline for
-both curves, so deletion ends where insertion starts. A blurred input was tried first and
-not kept: on the sample head CT the head model still gives 0.87-0.90 "any haemorrhage" to a
-slice blurred with sigma 6 mm, so blurring removes too little of what these models use
-(coarse brightness) for deletion to tell orders apart (score +0.02 versus +0.13 with the
-background value, same slice). Replacing blocks by air is itself unlike any training image,
+both curves, so deletion ends where insertion starts. A blurred input (sigma 6 mm) was tried first and
+not kept: on the sample head CT the head model's "any haemorrhage" deletion and insertion
+areas stayed at 0.86-0.90 for the map's order and random orders alike, so blurring removes
+too little of what these models use (coarse brightness) for the orders to differ (score
++0.02 versus +0.13 with the background value, same slice). Replacing blocks by air is itself unlike any training image,
 which is why the random orders, perturbed the same way, are the reference.
 
 **Score** = ((random deletion area - deletion area) + (insertion area - random insertion
