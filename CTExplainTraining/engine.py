@@ -78,7 +78,7 @@ def output_channels(manifest: Manifest) -> int:
 
 
 def build_model(config: TrainConfig, manifest: Manifest) -> torch.nn.Module:
-    kwargs = {"spatial_dims": config.spatial_dims, "in_channels": len(config.channels), "out_channels": output_channels(manifest)}
+    kwargs = {"spatial_dims": config.spatial_dims, "in_channels": config.input_spec().network_channels, "out_channels": output_channels(manifest)}
     kwargs.update(config.network_kwargs)
     return build_network(config.network, kwargs)
 
