@@ -96,6 +96,9 @@ class TrainConfig:
     candidates: List[Dict[str, Any]] = field(default_factory=list)
     aggregations: List[str] = field(default_factory=list)
     choose_threshold: bool = False
+    # Run outer fold N alone (1-based) and keep its result in OUT/outer-N/, for one process per
+    # fold; a later run without it reads the folds already done and computes the rest.
+    outer_fold: int = 0
     report_cases: int = 4
     # Provenance written into the package.
     training_data: str = ""
@@ -161,6 +164,8 @@ class TrainConfig:
             raise ManifestError(self.manifest, f"nested_cv needs at least 2 outer folds and no --cv, got nested_cv={self.nested_cv}, cv={self.cv}")
         if self.task == "segmentation":
             raise ManifestError(self.manifest, "nested_cv compares classifiers only")
+        if not 0 <= self.outer_fold <= self.nested_cv:
+            raise ManifestError(self.manifest, f"outer_fold must lie in 0..{self.nested_cv}, got {self.outer_fold}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ManifestError(self.manifest, f"nested_cv chooses on an inner split: val_fraction must lie in (0, 1), got {self.val_fraction}")
         known = {f.name for f in fields(TrainConfig)} - NOT_CANDIDATE_FIELDS
@@ -179,7 +184,7 @@ class TrainConfig:
 PATH_FIELDS = {"manifest", "out", "cache_dir"}
 # What a candidate of nested_cv may not change: the data, the task and the protocol itself.
 NOT_CANDIDATE_FIELDS = {"manifest", "task", "out", "labels", "classes", "nested_cv", "candidates", "aggregations",
-                        "choose_threshold", "cv", "val_fraction", "final_fit", "seed", "name", "version"}
+                        "choose_threshold", "outer_fold", "cv", "val_fraction", "final_fit", "seed", "name", "version"}
 
 
 def parse_aggregation(rule: str, source: Path) -> Tuple[str, int]:

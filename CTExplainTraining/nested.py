@@ -12,8 +12,11 @@ estimate for patients the whole procedure never saw; each outer fold's model is 
 the inner training part only, so the estimate is, if anything, low for a model fitted on all
 patients.
 
-The shipped model is made by the same procedure on all non-test patients (one patient split
-of them chooses), then fitted on all of them for the chosen number of epochs.
+The shipped model takes what the outer folds' inner splits chose most often (candidate, then
+aggregation; ties to the earlier in the recipe's lists) with the median of their thresholds and
+epochs, and is fitted on all non-test patients for that many epochs. No outer test fold took
+part in any of these choices, and choosing once more on a further split of all patients would
+cost as many fits again.
 """
 from __future__ import annotations
 
@@ -53,6 +56,17 @@ def protocol_text(config: TrainConfig) -> str:
         f"{', '.join(chosen)} were chosen on a patient split ({config.val_fraction:g} of the patients as validation) of the "
         "other folds' patients alone, by the inner validation " + config.resolved_monitor()
     )
+
+
+def aggregation_name(rule: str, k: int) -> str:
+    return f"{rule}:{k}" if rule == "topk_mean" else rule
+
+
+def aggregation_rules(config: TrainConfig) -> List[str]:
+    """The aggregations compared, by name ("max", "noisy_or", "topk_mean:K"); none given: the recipe's."""
+    if not config.aggregations:
+        return [aggregation_name(config.volume_score, config.volume_score_k)]
+    return [aggregation_name(*parse_aggregation(rule, config.manifest)) for rule in config.aggregations]
 
 
 @dataclass
@@ -158,8 +172,7 @@ class Selection:
 
     @property
     def aggregation(self) -> str:
-        rule = self.config.volume_score
-        return f"{rule}:{self.config.volume_score_k}" if rule == "topk_mean" else rule
+        return aggregation_name(self.config.volume_score, self.config.volume_score_k)
 
 
 def _score(validation: Validation, monitor: str) -> float:
@@ -175,7 +188,7 @@ def select(
     train = [manifest.examples[i] for i in inner.train]
     val = [manifest.examples[i] for i in inner.val]
     monitor = config.resolved_monitor()
-    rules = [parse_aggregation(rule, manifest.source) for rule in (config.aggregations or [config.volume_score])]
+    rules = [parse_aggregation(rule, manifest.source) for rule in aggregation_rules(config)]
     best: Optional[Tuple[float, Selection, Validation]] = None
     table: List[Dict[str, Any]] = []
     for number, overrides in enumerate(config.candidates or [{}]):
@@ -189,7 +202,7 @@ def select(
             score = _score(validation, monitor)
             per_class = validation.metrics.get("per_class", {})
             table.append({
-                "candidate": number, "aggregation": rule if rule != "topk_mean" else f"{rule}:{k}", "best_epoch": result.best_epoch,
+                "candidate": number, "aggregation": aggregation_name(rule, k), "best_epoch": result.best_epoch,
                 monitor: score, "auc": {name: values.get("auc") for name, values in per_class.items()},
             })
             LOG.info("candidate %d %s, aggregation %s: inner %s %.4f (epoch %d)", number + 1, overrides, table[-1]["aggregation"], monitor, score, result.best_epoch)
@@ -204,12 +217,33 @@ def select(
     return selection
 
 
+FOLD_RESULT = "outer-fold.json"
+
+
+def _write_fold(path: Path, selection: Dict[str, Any], validation: Validation) -> None:
+    """One outer fold's choice and scores, so that folds can run in separate processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"selection": selection, "loss": validation.loss, "metrics": validation.metrics, "images": [str(p) for p in validation.images],
+            "probabilities": validation.probabilities.tolist(), "targets": validation.targets.tolist()}
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data, default=float))
+    temporary.replace(path)
+
+
+def _read_fold(path: Path) -> "Tuple[Dict[str, Any], Validation]":
+    data = json.loads(path.read_text())
+    validation = Validation(data["loss"], data["metrics"], [Path(p) for p in data["images"]],
+                            np.asarray(data["probabilities"], dtype=np.float32), np.asarray(data["targets"], dtype=np.float32))
+    LOG.info("%s: outer fold read from an earlier run", path)
+    return data["selection"], validation
+
+
 @dataclass
 class NestedResult:
     fold_metrics: List[Dict[str, Any]]
     validations: List[Validation]
     metrics: Dict[str, Any]
-    final: Optional[Selection] = None
+    final_config: Optional[TrainConfig] = None
     network: Optional[torch.nn.Module] = None
     history: List[Dict[str, float]] = field(default_factory=list)
 
@@ -225,15 +259,26 @@ def run_nested(
     validations: List[Validation] = []
     selections: List[Dict[str, Any]] = []
     for fold in nested_folds(manifest, config.nested_cv, config.val_fraction, config.seed):
-        LOG.info("outer fold %d of %d: choosing on %d + %d examples, scoring %d", fold.index + 1, config.nested_cv,
-                 len(fold.inner.train), len(fold.inner.val), len(fold.outer_test))
-        selection = select(config, manifest, by_input, fold.inner, out / f"outer-{fold.index + 1}", info, device, on_step)
-        test = [manifest.examples[i] for i in fold.outer_test]
-        validation = validate_classifier(selection.network.to(device), selection.config, manifest.classes,
-                                         by_input.get(selection.config), test, selection.loss_fn, device)
+        if config.outer_fold and fold.index + 1 != config.outer_fold:
+            continue
+        done = out / f"outer-{fold.index + 1}" / FOLD_RESULT
+        if done.is_file():  # computed by an earlier run (e.g. one process per outer fold)
+            selection_summary, validation = _read_fold(done)
+        else:
+            LOG.info("outer fold %d of %d: choosing on %d + %d examples, scoring %d", fold.index + 1, config.nested_cv,
+                     len(fold.inner.train), len(fold.inner.val), len(fold.outer_test))
+            selection = select(config, manifest, by_input, fold.inner, out / f"outer-{fold.index + 1}", info, device, on_step)
+            test = [manifest.examples[i] for i in fold.outer_test]
+            validation = validate_classifier(selection.network.to(device), selection.config, manifest.classes,
+                                             by_input.get(selection.config), test, selection.loss_fn, device)
+            selection_summary = {"outer_fold": fold.index + 1, "test_patients": sorted(_patients(manifest, fold.outer_test)), **selection.summary()}
+            if info.is_main:
+                _write_fold(done, selection_summary, validation)
         fold_metrics.append(validation.metrics)
         validations.append(validation)
-        selections.append({"outer_fold": fold.index + 1, "test_patients": sorted(_patients(manifest, fold.outer_test)), **selection.summary()})
+        selections.append(selection_summary)
+    if config.outer_fold:
+        return NestedResult(fold_metrics, validations, {"outer_fold": config.outer_fold, "selections": selections})
     probabilities = np.concatenate([v.probabilities for v in validations])
     targets = np.concatenate([v.targets for v in validations])
     metrics: Dict[str, Any] = {
@@ -248,21 +293,43 @@ def run_nested(
     result = NestedResult(fold_metrics, validations, metrics)
     if not config.final_fit:
         return result
-    everything = [i for i, e in enumerate(manifest.examples) if e.split != "test"]
-    inner = patient_split_within(manifest, everything, config.val_fraction, config.seed)
-    LOG.info("choosing the shipped model on %d + %d examples", len(inner.train), len(inner.val))
-    final = select(config, manifest, by_input, inner, out / "final-choice", info, device, on_step)
-    LOG.info("final fit on all %d examples for %d epochs: %s", len(pool), final.epochs, final.summary())
-    trainer = Trainer(final.config, manifest, pool, [], by_input.get(final.config), out / "final", info, device, on_step=on_step, epochs=final.epochs)
+    final = vote(config, selections)
+    LOG.info("final fit on all %d examples: %s", len(pool), final)
+    final_config = dataclasses.replace(config, **final["overrides"], volume_score=final["volume_score"], volume_score_k=final["volume_score_k"],
+                                       threshold=final["threshold"])
+    trainer = Trainer(final_config, manifest, pool, [], by_input.get(final_config), out / "final", info, device, on_step=on_step, epochs=final["epochs"])
     fitted = trainer.fit()
-    metrics["selected"] = final.summary()
-    final_cases = by_input.get(final.config)
-    metrics["training_case_scores"] = case_scores(fitted.network, final.config, manifest, final_cases, pool, trainer.loss_fn, device)
+    metrics["selected"] = final
+    final_cases = by_input.get(final_config)
+    metrics["training_case_scores"] = case_scores(fitted.network, final_config, manifest, final_cases, pool, trainer.loss_fn, device)
     test = [e for e in manifest.examples if e.split == "test"]
     if test:
-        metrics["test"] = validate_classifier(fitted.network.to(device), final.config, manifest.classes, final_cases, test, trainer.loss_fn, device).metrics
-    result.final, result.network, result.history = final, fitted.network.cpu(), fitted.history
+        metrics["test"] = validate_classifier(fitted.network.to(device), final_config, manifest.classes, final_cases, test, trainer.loss_fn, device).metrics
+    result.final_config, result.network, result.history = final_config, fitted.network.cpu(), fitted.history
     return result
+
+
+def vote(config: TrainConfig, selections: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The shipped model's settings from the outer folds' choices: the candidate, then (among the
+    folds that chose it) the aggregation chosen most often, ties to the earlier in the recipe's
+    lists; the median threshold and number of epochs of those folds."""
+    candidates = [s["candidate"] for s in selections]
+    candidate = max(sorted(set(candidates)), key=lambda c: (candidates.count(c), -c))
+    chose = [s for s in selections if s["candidate"] == candidate]
+    order = aggregation_rules(config)
+    aggregations = [s["aggregation"] for s in chose]
+    aggregation = max(sorted(set(aggregations), key=order.index), key=lambda a: (aggregations.count(a), -order.index(a)))
+    rule, k = parse_aggregation(aggregation, config.manifest)
+    return {
+        "candidate": candidate,
+        "overrides": dict((config.candidates or [{}])[candidate]),
+        "aggregation": aggregation,
+        "volume_score": rule,
+        "volume_score_k": k,
+        "threshold": float(np.median([s["threshold"] for s in chose])),
+        "epochs": max(1, int(round(float(np.median([s["epochs"] for s in chose]))))),
+        "outer_folds_choosing_it": [s["outer_fold"] for s in chose],
+    }
 
 
 def case_scores(network: torch.nn.Module, config: TrainConfig, manifest: Manifest, cases: PreprocessedCases,

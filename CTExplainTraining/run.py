@@ -110,7 +110,9 @@ def _run(config: TrainConfig, info: Distributed, device: torch.device, resume: b
     history: List[Dict[str, float]] = []
     if config.nested_cv:
         nested = run_nested(config, manifest, cases, out, info, device, on_step)
-        final_config = nested.final.config if nested.final is not None else config
+        if config.outer_fold:  # one fold of several processes: its result is in out/outer-N/
+            return RunSummary(None, None, nested.metrics, nested.fold_metrics)
+        final_config = nested.final_config or config
         train_examples = [e for e in manifest.examples if e.split != "test"]
         data = _data_summary(manifest, train_examples, [], test) if nested.network is not None else {}
         summary = _finish(final_config, manifest, nested.network, info, device, nested.history, nested.metrics,
