@@ -96,7 +96,7 @@ def _loss_target(labels: torch.Tensor, task: str) -> torch.Tensor:
     return labels.argmax(dim=1) if task == "multiclass" else labels
 
 
-def _monitor_value(validation: Validation, monitor: str) -> float:
+def monitor_value(validation: Validation, monitor: str) -> float:
     """The early-stopping score, higher is better (the loss is negated)."""
     if monitor == "loss":
         return -validation.loss
@@ -300,7 +300,7 @@ class Trainer:
                 validation = self.validate()
                 if validation is not None:
                     row.update(val_loss=validation.loss, **_scalars(validation))
-                    score = _monitor_value(validation, monitor)
+                    score = monitor_value(validation, monitor)
                     if score > self.state.best_metric:
                         self.state.best_metric, self.state.best_epoch, self.state.stale_epochs = score, epoch + 1, 0
                         self.state.best_state = copy.deepcopy({k: v.cpu() for k, v in self.network.state_dict().items()})

@@ -33,7 +33,7 @@ import torch
 from .config import TrainConfig, parse_aggregation
 from .data import PreprocessedCases
 from .distributed import Distributed
-from .engine import StepCallback, Trainer
+from .engine import StepCallback, Trainer, monitor_value
 from .manifest import Example, Manifest, ManifestError
 from .metrics import classification_metrics, summarise_folds
 from .splits import Fold, patient_folds, patient_split_within
@@ -175,11 +175,6 @@ class Selection:
         return aggregation_name(self.config.volume_score, self.config.volume_score_k)
 
 
-def _score(validation: Validation, monitor: str) -> float:
-    value = -validation.loss if monitor == "loss" else validation.metrics.get(monitor)
-    return float("-inf") if value is None else float(value)
-
-
 def select(
     config: TrainConfig, manifest: Manifest, cases: CasesByInput, inner: Fold, run_dir: Path,
     info: Distributed, device: torch.device, on_step: Optional[StepCallback] = None,
@@ -199,7 +194,7 @@ def select(
         for rule, k in rules:
             scored = dataclasses.replace(candidate, volume_score=rule, volume_score_k=k)
             validation = validate_classifier(result.network.to(device), scored, manifest.classes, candidate_cases, val, trainer.loss_fn, device)
-            score = _score(validation, monitor)
+            score = monitor_value(validation, monitor)
             per_class = validation.metrics.get("per_class", {})
             table.append({
                 "candidate": number, "aggregation": aggregation_name(rule, k), "best_epoch": result.best_epoch,
