@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from CTExplainLib.model_package import ChannelSpec, InputSpec, parse_input_spec
+from CTExplainLib.model_package import VOLUME_SCORES, ChannelSpec, InputSpec, parse_input_spec
 
 from .manifest import TASKS, ManifestError
 
@@ -46,6 +46,7 @@ class TrainConfig:
     resize: str = "crop"  # "fit" / "fit_body" for images without a physical scale (screenshots; see the core's InputSpec)
     normalise: str = "none"  # "image": zero mean, unit variance per image; "histogram": equalised (see the core's InputSpec)
     body_only: bool = False  # blank out what lies outside the body (table, text) in each slice
+    slice_context: int = 0  # 2D classifiers: neighbouring slices on each side fed as extra channels (2.5D)
     image_spacing: Optional[List[float]] = None  # for inputs without geometry (2D images)
     # A box around a point instead of the whole CT (the core's CropSpec, e.g. {"mode": "nodule",
     # "in_plane_mm": 24}); training cuts it around each example's mask (CTExplainLib.points.crop).
@@ -86,6 +87,18 @@ class TrainConfig:
     threshold: float = 0.5
     volume_score: str = "max"
     volume_score_k: int = 3
+    # Nested cross-validation (nested.py): ``nested_cv`` outer patient folds, each scored by a
+    # model all of whose choices were made on a patient split (``val_fraction``) of the other
+    # folds' patients: the epoch (early stopping), one of ``candidates`` (recipe overrides; none:
+    # the recipe itself), one of ``aggregations`` ("max", "noisy_or", "topk_mean:K"; none: the
+    # recipe's volume_score) and, with ``choose_threshold``, the decision threshold.
+    nested_cv: int = 0
+    candidates: List[Dict[str, Any]] = field(default_factory=list)
+    aggregations: List[str] = field(default_factory=list)
+    choose_threshold: bool = False
+    # Run outer fold N alone (1-based) and keep its result in OUT/outer-N/, for one process per
+    # fold; a later run without it reads the folds already done and computes the rest.
+    outer_fold: int = 0
     report_cases: int = 4
     # Provenance written into the package.
     training_data: str = ""
@@ -107,6 +120,7 @@ class TrainConfig:
             "normalise": self.normalise,
             "body_only": self.body_only,
             "crop": self.crop,
+            "slice_context": self.slice_context,
         }
         return parse_input_spec(data, Path(str(self.manifest)))
 
@@ -130,6 +144,12 @@ class TrainConfig:
             raise ManifestError(self.manifest, f"cache must be memory, disk or none, got {self.cache!r}")
         if self.cv == 1 or self.cv < 0:
             raise ManifestError(self.manifest, f"--cv needs at least 2 folds, got {self.cv}")
+        if self.volume_score not in VOLUME_SCORES:
+            raise ManifestError(self.manifest, f"volume_score must be one of {', '.join(VOLUME_SCORES)}, got {self.volume_score!r}")
+        if self.nested_cv:
+            self._check_nested()
+        if self.slice_context and self.task == "segmentation":
+            raise ManifestError(self.manifest, "slice_context applies to 2D classifiers only")
         if self.max_parts and self.task != "segmentation":
             raise ManifestError(self.manifest, "max_parts applies to segmentation only")
         bad_parts = {name: n for name, n in self.max_parts.items() if isinstance(n, bool) or not isinstance(n, int) or n < 1}
@@ -139,12 +159,42 @@ class TrainConfig:
             raise ManifestError(self.manifest, f"patch_size needs {self.spatial_dims} numbers, got {self.patch_size}")
         self.input_spec()
 
+    def _check_nested(self) -> None:
+        if self.nested_cv < 2 or self.cv:
+            raise ManifestError(self.manifest, f"nested_cv needs at least 2 outer folds and no --cv, got nested_cv={self.nested_cv}, cv={self.cv}")
+        if self.task == "segmentation":
+            raise ManifestError(self.manifest, "nested_cv compares classifiers only")
+        if not 0 <= self.outer_fold <= self.nested_cv:
+            raise ManifestError(self.manifest, f"outer_fold must lie in 0..{self.nested_cv}, got {self.outer_fold}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ManifestError(self.manifest, f"nested_cv chooses on an inner split: val_fraction must lie in (0, 1), got {self.val_fraction}")
+        known = {f.name for f in fields(TrainConfig)} - NOT_CANDIDATE_FIELDS
+        for overrides in self.candidates:
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise ManifestError(self.manifest, f"candidates may not set {', '.join(unknown)}")
+        for rule in self.aggregations:
+            parse_aggregation(rule, self.manifest)
+
     def to_json(self) -> Dict[str, Any]:
         data = asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
 PATH_FIELDS = {"manifest", "out", "cache_dir"}
+# What a candidate of nested_cv may not change: the data, the task and the protocol itself.
+NOT_CANDIDATE_FIELDS = {"manifest", "task", "out", "labels", "classes", "nested_cv", "candidates", "aggregations",
+                        "choose_threshold", "outer_fold", "cv", "val_fraction", "final_fit", "seed", "name", "version"}
+
+
+def parse_aggregation(rule: str, source: Path) -> Tuple[str, int]:
+    """ "max", "noisy_or" or "topk_mean:K" -> (volume_score, volume_score_k)."""
+    name, _, k = str(rule).partition(":")
+    if name in ("max", "noisy_or") and not k:
+        return name, 3
+    if name == "topk_mean" and k.isdigit() and int(k) >= 1:
+        return name, int(k)
+    raise ManifestError(source, f"aggregation must be max, noisy_or or topk_mean:K (K a whole number), got {rule!r}")
 
 
 def read_recipe(path: Path) -> Dict[str, Any]:

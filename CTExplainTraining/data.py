@@ -42,6 +42,7 @@ from CTExplainLib.loading import load_volume
 from CTExplainLib.model_package import InputSpec
 from CTExplainLib.points.crop import crop_input
 from CTExplainLib.preprocess import preprocess
+from CTExplainLib.preprocess import preprocess, slices_with_context
 from CTExplainLib.resample import resample_array
 from CTExplainLib.volume import Grid, Volume
 
@@ -233,7 +234,10 @@ class TrainingItems(torch.utils.data.Dataset):
         if self.segmentation:
             sample[LABEL] = case[LABEL]
         if self.config.spatial_dims == 2:
-            sample = {key: value[:, item.slice or 0] for key, value in sample.items()}
+            k = item.slice or 0
+            sample = {key: value[:, k] for key, value in sample.items()}
+            # The image with its neighbouring slices as the inference core feeds it (2.5D).
+            sample[IMAGE] = slices_with_context(case[IMAGE], k, k + 1, self.config.slice_context)[0]
         if self.patches is not None:
             sample = self.patches(sample)[0]
         if self.augment is not None:

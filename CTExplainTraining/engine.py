@@ -78,7 +78,7 @@ def output_channels(manifest: Manifest) -> int:
 
 
 def build_model(config: TrainConfig, manifest: Manifest) -> torch.nn.Module:
-    kwargs = {"spatial_dims": config.spatial_dims, "in_channels": len(config.channels), "out_channels": output_channels(manifest)}
+    kwargs = {"spatial_dims": config.spatial_dims, "in_channels": config.input_spec().network_channels, "out_channels": output_channels(manifest)}
     kwargs.update(config.network_kwargs)
     return build_network(config.network, kwargs)
 
@@ -96,7 +96,7 @@ def _loss_target(labels: torch.Tensor, task: str) -> torch.Tensor:
     return labels.argmax(dim=1) if task == "multiclass" else labels
 
 
-def _monitor_value(validation: Validation, monitor: str) -> float:
+def monitor_value(validation: Validation, monitor: str) -> float:
     """The early-stopping score, higher is better (the loss is negated)."""
     if monitor == "loss":
         return -validation.loss
@@ -300,7 +300,7 @@ class Trainer:
                 validation = self.validate()
                 if validation is not None:
                     row.update(val_loss=validation.loss, **_scalars(validation))
-                    score = _monitor_value(validation, monitor)
+                    score = monitor_value(validation, monitor)
                     if score > self.state.best_metric:
                         self.state.best_metric, self.state.best_epoch, self.state.stale_epochs = score, epoch + 1, 0
                         self.state.best_state = copy.deepcopy({k: v.cpu() for k, v in self.network.state_dict().items()})

@@ -37,7 +37,7 @@ def package_metadata(config: TrainConfig, manifest: Manifest, metrics: Dict[str,
     """Metadata of the exported package: what the network is, what it expects, how it was made."""
     network_spec = get_spec(config.network)
     is_classifier = config.task != "segmentation"
-    network_kwargs = {"spatial_dims": config.spatial_dims, "in_channels": len(config.channels), "out_channels": len(manifest.classes)}
+    network_kwargs = {"spatial_dims": config.spatial_dims, "in_channels": config.input_spec().network_channels, "out_channels": len(manifest.classes)}
     network_kwargs.update(config.network_kwargs)
     provenance = {
         "training_data": config.training_data or str(manifest.source),

@@ -116,6 +116,11 @@ def classification_metrics(
         mccs = [_quiet(matthews_corrcoef, truth[:, c], predicted[:, c]) for c in range(n_classes)]
         for c, name in enumerate(names):
             per_class[name]["mcc"] = _float(mccs[c])
+            per_class[name]["ece"] = _float(
+                binary_calibration_error(
+                    torch.as_tensor(probabilities[:, c]), torch.as_tensor(truth[:, c].astype(np.int64)), n_bins=ECE_BINS, norm="l1"
+                )
+            )
         result["accuracy"] = _float(np.mean(truth == predicted))
         result["balanced_accuracy"] = _mean([_float(b) for b in balanced])
         result["mcc"] = _mean([_float(m) for m in mccs])

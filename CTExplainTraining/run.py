@@ -22,6 +22,7 @@ from .engine import FitResult, StepCallback, Trainer
 from .export import export_package
 from .manifest import Example, Manifest, ManifestError, read_class_folders, read_manifest
 from .metrics import summarise_folds
+from .nested import run_nested
 from .overlays import cam_overlays, map_sanity_check
 from .report import RunReport, write_report
 from .splits import holdout_split, patient_folds, test_indices
@@ -107,6 +108,17 @@ def _run(config: TrainConfig, info: Distributed, device: torch.device, resume: b
     fold_metrics: List[Dict[str, Any]] = []
     validations: List[Validation] = []
     history: List[Dict[str, float]] = []
+    if config.nested_cv:
+        nested = run_nested(config, manifest, cases, out, info, device, on_step)
+        if config.outer_fold:  # one fold of several processes: its result is in out/outer-N/
+            return RunSummary(None, None, nested.metrics, nested.fold_metrics)
+        final_config = nested.final_config or config
+        train_examples = [e for e in manifest.examples if e.split != "test"]
+        data = _data_summary(manifest, train_examples, [], test) if nested.network is not None else {}
+        summary = _finish(final_config, manifest, nested.network, info, device, nested.history, nested.metrics,
+                          nested.fold_metrics, nested.validations, data)
+        barrier(info)
+        return summary
     if config.cv:
         best_epochs = []
         for fold in patient_folds(manifest, config.cv, config.seed):
@@ -164,7 +176,7 @@ def _finish(config: TrainConfig, manifest: Manifest, network: Optional[torch.nn.
         model = load_package(package, device)
         overlays = cam_overlays(model, [shown.images[i] for i in chosen], [shown.targets[i] for i in chosen], config.image_spacing, device)
         sanity = map_sanity_check(model, [shown.images[i] for i in chosen], config.image_spacing, device)
-    report_metrics = metrics.get("validation") or metrics.get("cross_validation") or metrics
+    report_metrics = metrics.get("validation") or metrics.get("cross_validation") or metrics.get("nested_cross_validation") or metrics
     report = RunReport(
         title=f"{config.name} {config.version}",
         task=config.task,

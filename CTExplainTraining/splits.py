@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Sequence, Set
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
@@ -85,6 +85,17 @@ def patient_folds(manifest: Manifest, k: int, seed: int = 0) -> List[Fold]:
     return folds
 
 
+def patient_split_within(manifest: Manifest, pool: Sequence[int], val_fraction: float, seed: int = 0) -> Fold:
+    """A train/validation split of the examples ``pool`` (indices) alone, grouped by patient and
+    stratified like :func:`patient_folds` (the first of K = round(1 / val_fraction) folds):
+    the inner split of nested cross-validation, which must not see the outer test fold."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"an inner split needs val_fraction in (0, 1), not {val_fraction}")
+    fold = _grouped_folds(manifest, max(2, int(round(1.0 / val_fraction))), seed, pool)[0]
+    check_no_patient_leak(manifest, fold)
+    return fold
+
+
 def check_no_patient_leak(manifest: Manifest, fold: Fold) -> None:
     """Raise :class:`ManifestError` naming each patient with examples in both train and val."""
     examples = manifest.examples
@@ -106,9 +117,12 @@ def check_no_patient_leak(manifest: Manifest, fold: Fold) -> None:
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _grouped_folds(manifest: Manifest, k: int, seed: int) -> List[Fold]:
-    test = set(test_indices(manifest))
-    pool = [i for i in range(len(manifest.examples)) if i not in test]
+def _grouped_folds(manifest: Manifest, k: int, seed: int, pool: Optional[Sequence[int]] = None) -> List[Fold]:
+    """K patient-grouped folds of ``pool`` (default: every example outside the test split)."""
+    if pool is None:
+        test = set(test_indices(manifest))
+        pool = [i for i in range(len(manifest.examples)) if i not in test]
+    pool = list(pool)
     if not pool:
         raise ManifestError(manifest.source, "has no examples outside the test split to train on")
     groups = np.array([manifest.examples[i].patient for i in pool], dtype=object)

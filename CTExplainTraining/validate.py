@@ -20,6 +20,7 @@ from CTExplainLib.classify import probabilities_from_logits, volume_score
 from CTExplainLib.devices import autocast
 from CTExplainLib.loading import load_volume
 from CTExplainLib.model_package import load_package
+from CTExplainLib.preprocess import slices_with_context
 from CTExplainLib.resample import resample_array
 from CTExplainLib.segment import keep_largest_parts, segment
 
@@ -42,13 +43,15 @@ class Validation:
     slice_metrics: Optional[Dict[str, object]] = None
 
 
-def _forward_slices(network: torch.nn.Module, volume: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Logits of every slice of a (C, k, j, i) volume, (k, classes)."""
-    slices = volume.permute(1, 0, 2, 3)
+def _forward_slices(network: torch.nn.Module, volume: torch.Tensor, context: int, device: torch.device) -> torch.Tensor:
+    """Logits of every slice of a (C, k, j, i) volume, (k, classes); each slice with ``context``
+    neighbours on each side as the core feeds them (``slices_with_context``)."""
+    depth = volume.shape[1]
     logits = []
-    for start in range(0, slices.shape[0], SLICE_BATCH):
+    for start in range(0, depth, SLICE_BATCH):
+        batch = slices_with_context(volume, start, min(start + SLICE_BATCH, depth), context)
         with autocast(device):
-            logits.append(network(slices[start : start + SLICE_BATCH].to(device).float()).float().cpu())
+            logits.append(network(batch.to(device).float()).float().cpu())
     return torch.cat(logits)
 
 
@@ -70,7 +73,7 @@ def validate_classifier(
     for image, rows in _by_image(examples).items():
         tensor = cases.case(image)[IMAGE]
         if config.spatial_dims == 2:
-            logits = _forward_slices(network, tensor, device)
+            logits = _forward_slices(network, tensor, config.slice_context, device)
             probabilities = probabilities_from_logits(logits, config.task).numpy()
             volume = volume_score(probabilities, config.volume_score, config.volume_score_k)
             sliced = [r for r in rows if r.slice is not None]

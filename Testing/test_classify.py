@@ -20,6 +20,11 @@ def test_volume_score_rules() -> None:
     np.testing.assert_allclose(volume_score(slices, "max", 3), [0.7, 0.9])
     np.testing.assert_allclose(volume_score(slices, "topk_mean", 2), [(0.7 + 0.4) / 2, (0.9 + 0.8) / 2])
     np.testing.assert_allclose(volume_score(slices[:1], "topk_mean", 3), slices[0])
+    np.testing.assert_allclose(volume_score(slices, "noisy_or", 3), 1.0 - np.prod(1.0 - slices, axis=0))
+    # Thirty slices at 0.1 each: noisy-OR calls the volume likely positive where max says 0.1.
+    assert volume_score(np.full((30, 1), 0.1), "noisy_or", 3)[0] == pytest.approx(1.0 - 0.9 ** 30)
+    with pytest.raises(ValueError, match="unknown volume score rule 'mean'"):
+        volume_score(slices, "mean", 3)
 
 
 def test_2d_model_runs_slice_by_slice(real_ct: Volume, tmp_path: Path) -> None:

@@ -212,3 +212,18 @@ def test_max_parts_on_a_classifier_is_refused(classifier_dir: Path, tmp_path: Pa
     data["classes"][0]["max_parts"] = 1
     with pytest.raises(ModelPackageError, match="max_parts applies to segments"):
         load_package(edit_metadata(classifier_dir, tmp_path / "cls", classes=data["classes"]))
+
+
+def test_slice_context_and_volume_score_are_read_and_checked(classifier_dir: Path, tmp_path: Path) -> None:
+    assert load_package(classifier_dir).metadata.input.slice_context == 0  # packages without the key
+    data = json.loads((classifier_dir / METADATA_FILE).read_text())
+    assert data["input"]["spatial_dims"] == 3
+    data["input"]["slice_context"] = 1
+    with pytest.raises(ModelPackageError, match="slice_context applies to 2D models only"):
+        load_package(edit_metadata(classifier_dir, tmp_path / "ctx3d", input=data["input"]))
+    data["input"].update(spatial_dims=2, slice_context=-1, spacing=None, size=None)
+    with pytest.raises(ModelPackageError, match="slice_context must be a whole number of at least 0"):
+        load_package(edit_metadata(classifier_dir, tmp_path / "ctxneg", input=data["input"]))
+    assert load_package(edit_metadata(classifier_dir, tmp_path / "nor", volume_score="noisy_or")).metadata.volume_score == "noisy_or"
+    with pytest.raises(ModelPackageError, match="volume_score must be one of max, topk_mean, noisy_or"):
+        load_package(edit_metadata(classifier_dir, tmp_path / "mean", volume_score="mean"))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from CTExplainLib.model_package import ChannelSpec, InputSpec
-from CTExplainLib.preprocess import feature_grid, model_grid, orientation_direction, preprocess
+from CTExplainLib.preprocess import feature_grid, model_grid, orientation_direction, preprocess, slices_with_context
 from CTExplainLib.volume import Grid, Volume
 
 SOFT = ChannelSpec("soft", 40.0, 400.0)
@@ -252,3 +253,19 @@ def test_windows_are_monais_scale_intensity_range_to_the_last_bit(real_ct: Volum
     windowed = window_to_unit(values, low, high, np.empty_like(values))
     np.testing.assert_array_equal(windowed, expected)
     assert 0.0 < windowed.mean() < 1.0  # the window cuts through the CT's values
+
+
+def test_slices_with_context_stack_neighbours_as_channels(real_ct: Volume) -> None:
+    """2.5D: slice k's channels are those of k-1, k, k+1 (the ends repeated); context 0 is the slices."""
+    spec = InputSpec(2, [ChannelSpec("a", 40, 400), ChannelSpec("b", -600, 1500)], spacing=(6.0, 6.0), size=(48, 48), slice_context=1)
+    model_input = preprocess(real_ct, spec)
+    tensor = model_input.tensor
+    depth = tensor.shape[1]
+    batch = model_input.slices()
+    assert batch.shape == (depth, 6, 48, 48) and spec.network_channels == 6
+    for k in (0, 7, depth - 1):
+        below, above = max(k - 1, 0), min(k + 1, depth - 1)
+        expected = torch.cat([tensor[:, below], tensor[:, k], tensor[:, above]])
+        assert torch.equal(batch[k], expected)
+    assert torch.equal(slices_with_context(tensor, 3, 9, 0), tensor[:, 3:9].permute(1, 0, 2, 3))
+    assert torch.equal(model_input.slices(5, 8), batch[5:8])

@@ -64,9 +64,16 @@ def probabilities_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 
 def volume_score(slice_probabilities: np.ndarray, rule: str, k: int) -> np.ndarray:
-    """Combine (slices, classes) probabilities into one per class: max, or mean of the top k."""
+    """Combine (slices, classes) probabilities into one per class: "max"; "topk_mean", the mean
+    of the top k; "noisy_or", 1 - prod(1 - p) over the slices, the chance that at least one
+    slice is positive were the slices independent."""
     if rule == "max":
         return slice_probabilities.max(axis=0)
+    if rule == "noisy_or":
+        # Summed in log space: a product of ~30 factors near 1 stays exact.
+        return -np.expm1(np.log1p(-np.clip(slice_probabilities, 0.0, 1.0 - 1e-7)).sum(axis=0))
+    if rule != "topk_mean":
+        raise ValueError(f"unknown volume score rule {rule!r}")
     top = np.sort(slice_probabilities, axis=0)[-min(k, len(slice_probabilities)) :]
     return top.mean(axis=0)
 

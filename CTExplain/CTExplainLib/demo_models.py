@@ -34,7 +34,7 @@ def untrained_package(
     seed: int = 0,
 ) -> Path:
     """Save a package whose network has random weights drawn from ``seed``."""
-    kwargs = {"spatial_dims": input_spec.spatial_dims, "in_channels": len(input_spec.channels), "out_channels": len(class_names)}
+    kwargs = {"spatial_dims": input_spec.spatial_dims, "in_channels": input_spec.network_channels, "out_channels": len(class_names)}
     kwargs.update(network_kwargs or {})
     torch.manual_seed(seed)
     model = build_network(network, kwargs)

@@ -25,6 +25,8 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 RESIZE_POLICIES = ("crop", "fit", "fit_body", "stretch")
 FIT_POLICIES = ("fit", "fit_body")
 NORMALISE_POLICIES = ("none", "image", "histogram")
+# How a 2D model's slice probabilities become one per volume (classify.volume_score).
+VOLUME_SCORES = ("max", "topk_mean", "noisy_or")
 ORIENTATION_LETTERS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
 WINDOW_BLENDS = ("constant", "gaussian")
 WINDOW_PADDINGS = ("constant", "reflect", "replicate", "circular")
@@ -101,6 +103,15 @@ class InputSpec:
     window_padding: str = "constant"
     # A box around a point (a nodule) instead of the whole CT; None: the whole CT.
     crop: Optional[CropSpec] = None
+    # 2D models only: this many neighbouring slices on each side of a slice are fed with it, as
+    # extra channels (2.5D): the windows of slice k-n, ..., k, ..., k+n in that order, the first
+    # and last slice repeated at the volume's ends (preprocess.slices_with_context).
+    slice_context: int = 0
+
+    @property
+    def network_channels(self) -> int:
+        """The network's input channels: each window once per slice it is fed."""
+        return len(self.channels) * (2 * self.slice_context + 1)
 
 
 @dataclass
@@ -126,7 +137,7 @@ class ModelMetadata:
     cam_target_layer: Optional[str] = None
     cam_linear_layer: Optional[str] = None
     threshold: float = 0.5
-    volume_score: str = "max"  # 2D models on a volume: "max" or "topk_mean"
+    volume_score: str = "max"  # 2D models on a volume: one of VOLUME_SCORES
     volume_score_k: int = 3
     untrained: bool = False
     provenance: Dict[str, Any] = field(default_factory=dict)
@@ -239,6 +250,11 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
     if normalise not in NORMALISE_POLICIES:
         raise ModelPackageError(path, f"input normalise must be one of {', '.join(NORMALISE_POLICIES)}, got {normalise!r}")
     size = _tuple_or_none(data.get("size"), dims, path, "size", int)
+    slice_context = data.get("slice_context", 0)
+    if isinstance(slice_context, bool) or not isinstance(slice_context, int) or slice_context < 0:
+        raise ModelPackageError(path, f"input slice_context must be a whole number of at least 0, got {slice_context!r}")
+    if slice_context and dims != 2:
+        raise ModelPackageError(path, "input slice_context applies to 2D models only")
     if (resize in FIT_POLICIES or resize == "stretch") and size is None:
         raise ModelPackageError(path, f"input resize {resize!r} needs a size")
     spacing = _tuple_or_none(data.get("spacing"), dims, path, "spacing", float)
@@ -257,6 +273,7 @@ def parse_input_spec(data: Dict[str, Any], path: Path) -> InputSpec:
         body_only=_flag(data.get("body_only", False), path, "input body_only"),
         **_bundle_input_options(data, path),
         crop=crop,
+        slice_context=slice_context,
     )
 
 
@@ -310,9 +327,12 @@ def parse_metadata(data: Dict[str, Any], path: Path) -> ModelMetadata:
         raise ModelPackageError(path, "metadata lists no classes")
     if task != "segmentation" and any(c.max_parts is not None for c in classes):
         raise ModelPackageError(path, "max_parts applies to segments; this package is a classifier")
+    input_spec = parse_input_spec(_require(data, "input", path), path)
+    if task == "segmentation" and input_spec.slice_context:
+        raise ModelPackageError(path, "input slice_context applies to classifiers; this package is a segmenter")
     volume_score = str(data.get("volume_score", "max"))
-    if volume_score not in ("max", "topk_mean"):
-        raise ModelPackageError(path, f"volume_score must be 'max' or 'topk_mean', got {volume_score!r}")
+    if volume_score not in VOLUME_SCORES:
+        raise ModelPackageError(path, f"volume_score must be one of {', '.join(VOLUME_SCORES)}, got {volume_score!r}")
     return ModelMetadata(
         name=str(_require(data, "name", path)),
         version=str(data.get("version", "0")),
@@ -320,7 +340,7 @@ def parse_metadata(data: Dict[str, Any], path: Path) -> ModelMetadata:
         classes=classes,
         network=str(_require(data, "network", path)),
         network_kwargs=dict(data.get("network_kwargs", {})),
-        input=parse_input_spec(_require(data, "input", path), path),
+        input=input_spec,
         cam_target_layer=data.get("cam_target_layer"),
         cam_linear_layer=data.get("cam_linear_layer"),
         threshold=float(data.get("threshold", 0.5)),

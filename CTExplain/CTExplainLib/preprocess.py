@@ -37,14 +37,29 @@ class ModelInput:
     tensor: torch.Tensor
     grid: Grid
     warnings: List[str] = field(default_factory=list)
+    slice_context: int = 0  # the input spec's: neighbouring slices fed with each slice (2.5D)
 
     def slices(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
-        """Axial slices [start, stop) of the input as a batch (k, channels, j, i), for 2D networks."""
-        return self.tensor[:, start:stop].permute(1, 0, 2, 3).contiguous()
+        """Axial slices [start, stop) of the input as a batch for 2D networks, (k, channels, j, i),
+        each with its neighbours as further channels when the spec asks for them."""
+        return slices_with_context(self.tensor, start, self.tensor.shape[1] if stop is None else stop, self.slice_context)
 
     def batch(self) -> torch.Tensor:
         """The input as a batch of one volume (1, channels, k, j, i), for 3D networks."""
         return self.tensor.unsqueeze(0)
+
+
+def slices_with_context(tensor: torch.Tensor, start: int, stop: int, context: int) -> torch.Tensor:
+    """Slices [start, stop) of a (C, k, j, i) tensor as a batch (n, C * (2 * context + 1), j, i):
+    for each slice, the C channels of slice k - context, ..., k, ..., k + context in that order,
+    the first and last slice repeated beyond the volume's ends. With context 0, the slices
+    themselves. The one definition of a 2.5D input, for training, validation and inference."""
+    depth = tensor.shape[1]
+    offsets = torch.arange(-context, context + 1)
+    index = (torch.arange(start, stop)[:, None] + offsets[None, :]).clamp(0, depth - 1)  # (n, 2 * context + 1)
+    channels, _, height, width = tensor.shape
+    gathered = tensor[:, index.reshape(-1)].reshape(channels, index.shape[0], index.shape[1], height, width)
+    return gathered.permute(1, 2, 0, 3, 4).reshape(index.shape[0], index.shape[1] * channels, height, width).contiguous()
 
 
 def orientation_direction(code: str) -> np.ndarray:
@@ -261,4 +276,4 @@ def preprocess(volume: Volume, spec: InputSpec, crop: bool = True) -> ModelInput
         normalise_images(channels, spec.spatial_dims, spec.normalise)
     for warning in warnings:
         LOG.warning(warning)
-    return ModelInput(torch.from_numpy(channels), grid, warnings)
+    return ModelInput(torch.from_numpy(channels), grid, warnings, spec.slice_context)

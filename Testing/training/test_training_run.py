@@ -106,3 +106,24 @@ def test_a_bad_manifest_stops_before_training(ct_ich_small: Path, tmp_path: Path
     recipe = tiny_recipe(broken, tmp_path / "run", spatial_dims=3, size=[32, 32, 8], spacing=[7.0, 7.0, 5.0])
     assert train_main(["--config", str(write_recipe(tmp_path / "r.json", recipe))]) == EXIT_BAD_INPUT
     assert not (tmp_path / "run").exists()
+
+
+def test_a_2_5d_training_slice_is_the_core_s_slice_with_its_neighbours(ct_ich_small: Path, tmp_path: Path) -> None:
+    """slice_context: training and validation take neighbouring slices exactly as the core does."""
+    from CTExplainTraining.data import Item, TrainingItems
+    from CTExplainTraining.validate import _forward_slices
+
+    config = make_config({**tiny_recipe(ct_ich_small / "slices.csv", tmp_path / "run"), "cache": "none", "augment": False, "slice_context": 1})
+    manifest = load_manifest(config)
+    cases = PreprocessedCases(config, manifest.examples)
+    image = manifest.examples[0].image
+    core = preprocess(load_volume(image), config.input_spec()).slices()
+    depth = core.shape[0]
+    items = TrainingItems(config, cases, [Item(image, k, manifest.examples[0].target) for k in (0, 5, depth - 1)], train=False)
+    for n, k in enumerate((0, 5, depth - 1)):
+        assert torch.equal(items[n][IMAGE], core[k])
+    network = torch.nn.Conv2d(6, 1, 1)  # any network: validation must see the same 6 channels
+    with torch.no_grad():
+        expected = network(core).mean(dim=(1, 2, 3))
+        seen = _forward_slices(lambda x: network(x).mean(dim=(1, 2, 3))[:, None], cases.case(image)[IMAGE], 1, torch.device("cpu"))[:, 0]
+    assert torch.allclose(seen, expected)
