@@ -78,7 +78,7 @@ def read_points_file(path: Path, ras: bool, first_id: int = 1) -> List[MarkedPoi
         with open(path, newline="", encoding="utf-8-sig") as stream:
             reader = csv.DictReader(stream)
             columns = [c.strip().lower() for c in reader.fieldnames or []]
-            rows = [{(k or "").strip().lower(): v for k, v in row.items()} for row in reader]
+            rows = [{(k.strip().lower() if k is not None else None): v for k, v in row.items()} for row in reader]
     except OSError as exc:
         raise InputError(path, f"cannot read the points file ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, csv.Error) as exc:
