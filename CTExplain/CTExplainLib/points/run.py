@@ -18,7 +18,6 @@ case's outputs are published together (``case_output_directory``), or none.
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..errors import CTExplainError
 from ..loading import load_volume
 from ..model_package import LoadedModel
 from ..montage import finding_montage
-from ..pipeline import CaseResult, ExplainOptions, Progress, StageTimer, slug
+from ..pipeline import CaseResult, ExplainOptions, Progress, StageTimer, case_failures, slug
 from ..resample import resample_array
 from ..volume import Grid, Volume
 from ..writing import case_output_directory, write_image, write_json, write_label_map, write_png
@@ -42,7 +41,6 @@ from .crop import PointError, crop_input
 from .outline import NoduleSize, nodule_size, outline_nodule
 from .points_file import MarkedPoint
 
-LOG = logging.getLogger(__name__)
 
 # The montage shows this many millimetres in-plane around the point.
 MONTAGE_MM = 60.0
@@ -266,7 +264,7 @@ def explain_points_case(input_path: Path, out_dir: Path, classifier: LoadedModel
     timer = StageTimer(progress or (lambda stage, fraction: None), ["load", "points", "write"])
     result = CaseResult(input=str(input_path))
     started = time.perf_counter()
-    try:
+    with case_failures(result, input_path):
         if not points:
             raise CTExplainError(f"{input_path}: no points for this input")
         with timer.stage("load"):
@@ -300,11 +298,6 @@ def explain_points_case(input_path: Path, out_dir: Path, classifier: LoadedModel
         worked = [a for a in analyses if a.ok]
         result.probabilities = {f"{a.point.id}:{f['name']}": f["probability"] for a in worked for f in a.record["findings"]}
         result.warnings = record["warnings"]
-    except CTExplainError as exc:
-        result.error = str(exc)
-    except Exception as exc:  # one case's failure, whatever it is, must not stop the others
-        LOG.debug("case %s failed", input_path, exc_info=True)
-        result.error = f"{input_path}: {type(exc).__name__}: {exc}"
     result.timings = dict(timer.seconds)
     result.elapsed_s = time.perf_counter() - started
     return result
