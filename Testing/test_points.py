@@ -218,3 +218,72 @@ def test_point_mode_needs_point_models(tmp_path: Path, capsys) -> None:
     status, _, err = run(["explain", str(NODULE_SAMPLE.path), "--point", *map(str, NODULE), "--model", str(chest),
                           "--segmenter", "none", "--out", str(tmp_path / "o"), "--no-progress"], capsys)
     assert status == cli.EXIT_CASE_FAILED and "is not a point model" in err and not (tmp_path / "o" / NODULE_SAMPLE.name).exists()
+
+
+class PointList:
+    """What the logic reads of a vtkMRMLMarkupsFiducialNode (slicer-api.md, "Markups point
+    lists"): control points in node-local RAS under a parent transform (local -> world, 4x4)."""
+
+    def __init__(self, to_world: np.ndarray) -> None:
+        self.to_world = np.asarray(to_world, dtype=float)
+        self.local: List[np.ndarray] = []
+        self.labels: List[str] = []
+
+    def AddControlPoint(self, ras, label: str) -> int:
+        self.local.append(np.asarray(ras, dtype=float))
+        self.labels.append(label)
+        return len(self.local) - 1
+
+    def GetNumberOfControlPoints(self) -> int:
+        return len(self.local)
+
+    def GetNthControlPointPosition(self, index: int, out: list) -> None:
+        out[:] = list(self.local[index])
+
+    def GetNthControlPointPositionWorld(self, index: int, out: list) -> int:
+        out[:] = list(self.to_world[:3, :3] @ self.local[index] + self.to_world[:3, 3])
+        return 1
+
+    def GetNthControlPointLabel(self, index: int) -> str:
+        return self.labels[index]
+
+
+@pytest.mark.slow
+def test_marked_points_give_the_clis_rows_maps_and_voxels(point_models, tmp_path: Path, capsys) -> None:
+    """Two points marked on the sample, the list under a parent transform: the rows carry the
+    CLI's probabilities, the maps and nodules are the CLI's files on the input's grid, and each
+    world position lands on the CLI's LPS point's voxel (the local one would not)."""
+    from CTExplainLib.points.markups import explain_markups, marked_points, points_table
+
+    second = (NODULE[0] + 2.0, NODULE[1] - 2.0, NODULE[2])
+    status, _, err = run(["explain", str(NODULE_SAMPLE.path), "--point", *map(str, NODULE), "--point", *map(str, second),
+                          "--model", str(point_models[0]), "--segmenter", str(point_models[1]),
+                          "--out", str(tmp_path), "--device", "cpu", "--no-progress"], capsys)
+    assert status == 0, err
+    folder = tmp_path / NODULE_SAMPLE.name
+    cli_points = json.loads((folder / "result.json").read_text())["points"]
+    angle = np.radians(20.0)
+    to_world = np.array([[np.cos(angle), -np.sin(angle), 0, 15.0], [np.sin(angle), np.cos(angle), 0, -7.0], [0, 0, 1, 5.0], [0, 0, 0, 1]])
+    marks = PointList(to_world)
+    for n, lps in enumerate((NODULE, second), 1):
+        world = LPS_TO_RAS @ np.asarray(lps)
+        marks.AddControlPoint(np.linalg.solve(to_world[:3, :3], world - to_world[:3, 3]), f"F-{n}")
+    volume = load_volume(NODULE_SAMPLE.path)
+    grid = volume.grid
+    for point, lps, local in zip(marked_points(marks), (NODULE, second), marks.local):
+        voxel = np.rint(grid.point_to_index(point.lps))
+        assert np.array_equal(voxel, np.rint(grid.point_to_index(lps)))
+        assert not np.array_equal(voxel, np.rint(grid.point_to_index(LPS_TO_RAS @ local)))  # a transform ignored misses
+    classifier, segmenter = (load_package(p) for p in point_models)
+    analyses = explain_markups(volume, marks, classifier, segmenter, device="cpu")
+    table = {title: values for title, _, values in points_table(analyses)}
+    assert table["Point"] == ["F-1", "F-2"] and table["Error"] == ["", ""]
+    for row, (analysis, entry) in enumerate(zip(analyses, cli_points)):
+        assert abs(table["Probability"][row] - entry["findings"][0]["probability"]) < 1e-6
+        assert abs(table["Diameter mm"][row] - entry["nodule"]["diameter_mm"]) < 1e-6
+        assert abs(table["Energy in nodule"][row] - entry["findings"][0]["energy_in_nodule"]) < 1e-6
+        heat = analysis.heat_map(0, grid)
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / entry["findings"][0]["heat_map"])))
+        assert heat.shape == grid.shape and np.abs(heat - written).max() < 1e-6
+        nodule = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / entry["nodule"]["label_map"])))
+        assert np.array_equal(analysis.nodule_labels(grid), nodule)
