@@ -248,29 +248,39 @@ class PointList:
         return self.labels[index]
 
 
+SECOND = (NODULE[0] + 2.0, NODULE[1] - 2.0, NODULE[2])
+
+
+@pytest.fixture(scope="module")
+def two_points(point_models, tmp_path_factory: pytest.TempPathFactory):
+    """The CLI at the nodule and 2.8 mm from it; the same two points marked in a point list under
+    a rotated, shifted parent transform."""
+    out = tmp_path_factory.mktemp("two")
+    status = cli.main(["explain", str(NODULE_SAMPLE.path), "--point", *map(str, NODULE), "--point", *map(str, SECOND),
+                       "--model", str(point_models[0]), "--segmenter", str(point_models[1]),
+                       "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert status == 0
+    folder = out / NODULE_SAMPLE.name
+    angle = np.radians(20.0)
+    to_world = np.array([[np.cos(angle), -np.sin(angle), 0, 15.0], [np.sin(angle), np.cos(angle), 0, -7.0], [0, 0, 1, 5.0], [0, 0, 0, 1]])
+    marks = PointList(to_world)
+    for n, lps in enumerate((NODULE, SECOND), 1):
+        world = LPS_TO_RAS @ np.asarray(lps)
+        marks.AddControlPoint(np.linalg.solve(to_world[:3, :3], world - to_world[:3, 3]), f"F-{n}")
+    return folder, json.loads((folder / "result.json").read_text())["points"], marks
+
+
 @pytest.mark.slow
-def test_marked_points_give_the_clis_rows_maps_and_voxels(point_models, tmp_path: Path, capsys) -> None:
+def test_marked_points_give_the_clis_rows_maps_and_voxels(point_models, two_points) -> None:
     """Two points marked on the sample, the list under a parent transform: the rows carry the
     CLI's probabilities, the maps and nodules are the CLI's files on the input's grid, and each
     world position lands on the CLI's LPS point's voxel (the local one would not)."""
     from CTExplainLib.points.markups import explain_markups, marked_points, points_table
 
-    second = (NODULE[0] + 2.0, NODULE[1] - 2.0, NODULE[2])
-    status, _, err = run(["explain", str(NODULE_SAMPLE.path), "--point", *map(str, NODULE), "--point", *map(str, second),
-                          "--model", str(point_models[0]), "--segmenter", str(point_models[1]),
-                          "--out", str(tmp_path), "--device", "cpu", "--no-progress"], capsys)
-    assert status == 0, err
-    folder = tmp_path / NODULE_SAMPLE.name
-    cli_points = json.loads((folder / "result.json").read_text())["points"]
-    angle = np.radians(20.0)
-    to_world = np.array([[np.cos(angle), -np.sin(angle), 0, 15.0], [np.sin(angle), np.cos(angle), 0, -7.0], [0, 0, 1, 5.0], [0, 0, 0, 1]])
-    marks = PointList(to_world)
-    for n, lps in enumerate((NODULE, second), 1):
-        world = LPS_TO_RAS @ np.asarray(lps)
-        marks.AddControlPoint(np.linalg.solve(to_world[:3, :3], world - to_world[:3, 3]), f"F-{n}")
+    folder, cli_points, marks = two_points
     volume = load_volume(NODULE_SAMPLE.path)
     grid = volume.grid
-    for point, lps, local in zip(marked_points(marks), (NODULE, second), marks.local):
+    for point, lps, local in zip(marked_points(marks), (NODULE, SECOND), marks.local):
         voxel = np.rint(grid.point_to_index(point.lps))
         assert np.array_equal(voxel, np.rint(grid.point_to_index(lps)))
         assert not np.array_equal(voxel, np.rint(grid.point_to_index(LPS_TO_RAS @ local)))  # a transform ignored misses
@@ -287,3 +297,40 @@ def test_marked_points_give_the_clis_rows_maps_and_voxels(point_models, tmp_path
         assert heat.shape == grid.shape and np.abs(heat - written).max() < 1e-6
         nodule = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / entry["nodule"]["label_map"])))
         assert np.array_equal(analysis.nodule_labels(grid), nodule)
+
+
+@pytest.mark.slow
+def test_module_logic_marks_rows_and_shows_a_points_map(point_models, two_points) -> None:
+    """The Slicer module's processPoints in the stand-in: a findings-table row per marked point
+    with the CLI's probabilities, and per point a heat-map node and a nodule label-map node on
+    the input's grid holding the CLI's files; choosing a row shows that point's pair."""
+    import slicer_standin
+
+    folder, cli_points, marks = two_points
+    slicer = slicer_standin.install(testing=True)
+    try:
+        module = slicer_standin.load_scripted_module(Path(__file__).resolve().parents[1] / "CTExplain" / "CTExplain.py")
+        ct = slicer.util.loadVolume(str(NODULE_SAMPLE.path))
+        logic = module.CTExplainLogic()
+        results = logic.processPoints(ct, marks, classifier=str(point_models[0]), segmenter=str(point_models[1]), device="cpu")
+        table = results["table"]
+        assert table.GetNumberOfRows() == 2
+        titles = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+        for row, entry in enumerate(cli_points):
+            label = table.GetCellText(row, titles.index("Point"))
+            assert label == f"F-{row + 1}"
+            assert abs(float(table.GetCellText(row, titles.index("Probability"))) - entry["findings"][0]["probability"]) < 1e-6
+            point = results["points"][label]
+            heat = slicer.util.arrayFromVolume(point["heatMap"])
+            written = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / entry["findings"][0]["heat_map"])))
+            assert heat.shape == written.shape and np.abs(heat - written).max() < 1e-6
+            nodule = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / entry["nodule"]["label_map"])))
+            assert np.array_equal(slicer.util.arrayFromVolume(point["nodule"]), nodule)
+            assert point["nodule"].IsA("vtkMRMLLabelMapVolumeNode")
+        logic.showPoint(results, "F-2")
+        composite = slicer.mrmlScene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        composite = [composite.GetItemAsObject(i) for i in range(composite.GetNumberOfItems())]
+        assert composite and all(c.GetForegroundVolumeID() == results["points"]["F-2"]["heatMap"].GetID()
+                                 and c.GetLabelVolumeID() == results["points"]["F-2"]["nodule"].GetID() for c in composite)
+    finally:
+        slicer_standin.uninstall()
