@@ -32,7 +32,7 @@ from ..devices import resolve_device
 from ..errors import CTExplainError
 from ..loading import load_volume
 from ..model_package import LoadedModel
-from ..montage import finding_montage
+from ..montage import LegendEntry, finding_montage
 from ..pipeline import CaseResult, ExplainOptions, Progress, StageTimer, case_failures, slug
 from ..resample import resample_array
 from ..volume import Grid, Volume
@@ -206,7 +206,8 @@ def explain_points(volume: Volume, classifier: LoadedModel, segmenter: Optional[
     return [analyse_point(case, classifier, segmenter, point, method, chosen) for point in points]
 
 
-def point_montage(volume: Volume, analysis: PointAnalysis, heat: np.ndarray, labels: Optional[np.ndarray], title: str) -> np.ndarray:
+def point_montage(volume: Volume, analysis: PointAnalysis, heat: np.ndarray, labels: Optional[np.ndarray], title: str,
+                  segments: Optional[List[LegendEntry]] = None) -> np.ndarray:
     """Key slices of the crop, MONTAGE_MM in-plane around the point: CT, map, nodule outline."""
     assert analysis.crop is not None
     grid = volume.grid
@@ -217,11 +218,19 @@ def point_montage(volume: Volume, analysis: PointAnalysis, heat: np.ndarray, lab
     box: Box = ((int(start[0]), int(start[1]), analysis.crop[0][2]), (int(stop[0]), int(stop[1]), analysis.crop[1][2]))
     view = Volume(_view(volume.array, box), grid.box(*box), metadata=dict(volume.metadata))
     return finding_montage(view, _view(heat, box), None if labels is None else _view(labels, box), title,
-                           window=LUNG_WINDOW, radiological=True, first_slice=box[0][2])
+                           window=LUNG_WINDOW, radiological=True, first_slice=box[0][2], segments=segments)
+
+
+def nodule_legend(segmenter: Optional[LoadedModel]) -> Optional[List[LegendEntry]]:
+    """The montage legend of the nodule label: the segmenter's class 1, its name and colour."""
+    if segmenter is None:
+        return None
+    nodule = segmenter.metadata.classes[1]
+    return [(1, nodule.name, (float(nodule.color[0]), float(nodule.color[1]), float(nodule.color[2])))]
 
 
 def write_point(volume: Volume, analysis: PointAnalysis, folder: Path, method: str, extension: str,
-                heat: Optional[np.ndarray] = None) -> np.ndarray:
+                heat: Optional[np.ndarray] = None, segments: Optional[List[LegendEntry]] = None) -> np.ndarray:
     """A point's files: ``point_<id>/heatmap_<class>``, ``point_<id>/nodule`` and
     ``montage_point_<id>.png`` (the first finding's map). Returns the heat buffer for reuse."""
     assert analysis.classification is not None
@@ -242,7 +251,7 @@ def write_point(volume: Volume, analysis: PointAnalysis, folder: Path, method: s
             if share is not None:
                 title += f"  {100 * share:.0f}% of map in nodule"
             analysis.record["montage"] = f"montage_point_{analysis.point.id}.png"
-            write_png(point_montage(volume, analysis, heat, labels, title), folder / analysis.record["montage"])
+            write_png(point_montage(volume, analysis, heat, labels, title, segments), folder / analysis.record["montage"])
     assert heat is not None
     return heat
 
@@ -276,7 +285,7 @@ def explain_points_case(input_path: Path, out_dir: Path, classifier: LoadedModel
             heat: Optional[np.ndarray] = None
             for analysis in analyses:
                 if analysis.ok:
-                    heat = write_point(volume, analysis, staging, options.method, extension, heat)
+                    heat = write_point(volume, analysis, staging, options.method, extension, heat, nodule_legend(segmenter))
             record = {
                 "input": str(volume.metadata.get("source", input_path)),
                 "series_uid": volume.metadata.get("series_uid"),
