@@ -72,10 +72,12 @@ class CTExplain(ScriptedLoadableModule):
             "with threshold lung masks. "
             "chest-ct-4class: Kaggle 'Chest CT-Scan images' (mohamedhanyyy), deduplicated. "
             "covid-infection-2d and covid-consolidation-2d: MedSeg COVID-19 CT segmentations as prepared by Inf-Net (Fan D.-P. "
-            "et al., IEEE TMI 2020). The demo-* packages are UNTRAINED (random weights) and show the "
-            "mechanics only. The sample CTs are TotalSegmentator's example_ct (Apache-2.0) and patient "
+            "et al., IEEE TMI 2020). lung-nodule-malignancy and lung-nodule-segmenter: LIDC-IDRI nodule "
+            "crops with the readers' ratings and outlines (Armato S. G. et al., Med. Phys. 2011, "
+            "doi:10.1118/1.3528204; TCIA, CC BY 3.0). The demo-* packages are UNTRAINED (random weights) and show the "
+            "mechanics only. The sample CTs are TotalSegmentator's example_ct (Apache-2.0), patient "
             "050 of CT-ICH (CC BY 4.0), rebuilt to HU from its JPEGs with an assumed 0.35 x 0.35 x 5 mm "
-            "spacing."
+            "spacing, and a crop of LIDC-IDRI-0001 around its nodule (CC BY 3.0)."
         )
 
 
