@@ -141,9 +141,11 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
     """``--point``, ``--points`` and ``--ras`` of ``ctexplain explain``."""
     parser.add_argument("--point", action="append", nargs=3, type=float, metavar=("X", "Y", "Z"), default=[],
                         help="explain the INPUTs at this point (mm, LPS as DICOM/ITK give it; RAS with --ras), with the "
-                             "point models (default lung-nodule-malignancy and lung-nodule-segmenter); repeatable")
-    parser.add_argument("--points", type=Path, default=None,
-                        help="CSV of points: columns x,y,z, optional id and image (the input's file or folder name)")
+                             "point models (default: lung-nodule-malignancy and lung-nodule-segmenter); repeatable "
+                             "(default: none, the whole CT is explained)")
+    parser.add_argument("--points", type=Path, default=None, metavar="CSV",
+                        help="CSV of points: columns x,y,z, optional id and image (the input's file or folder name) "
+                             "(default: none)")
     parser.add_argument("--ras", action="store_true", help="--point and --points give RAS coordinates (Slicer's), not LPS")
 
 
