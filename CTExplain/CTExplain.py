@@ -72,10 +72,12 @@ class CTExplain(ScriptedLoadableModule):
             "with threshold lung masks. "
             "chest-ct-4class: Kaggle 'Chest CT-Scan images' (mohamedhanyyy), deduplicated. "
             "covid-infection-2d and covid-consolidation-2d: MedSeg COVID-19 CT segmentations as prepared by Inf-Net (Fan D.-P. "
-            "et al., IEEE TMI 2020). The demo-* packages are UNTRAINED (random weights) and show the "
-            "mechanics only. The sample CTs are TotalSegmentator's example_ct (Apache-2.0) and patient "
+            "et al., IEEE TMI 2020). lung-nodule-malignancy and lung-nodule-segmenter: LIDC-IDRI nodule "
+            "crops with the readers' ratings and outlines (Armato S. G. et al., Med. Phys. 2011, "
+            "doi:10.1118/1.3528204; TCIA, CC BY 3.0). The demo-* packages are UNTRAINED (random weights) and show the "
+            "mechanics only. The sample CTs are TotalSegmentator's example_ct (Apache-2.0), patient "
             "050 of CT-ICH (CC BY 4.0), rebuilt to HU from its JPEGs with an assumed 0.35 x 0.35 x 5 mm "
-            "spacing."
+            "spacing, and a crop of LIDC-IDRI-0001 around its nodule (CC BY 3.0)."
         )
 
 
@@ -147,6 +149,12 @@ class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.findingsTable.connect("itemSelectionChanged()", self.onFindingSelected)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.loadButton.connect("clicked(bool)", self.onLoadButton)
+        self.pointsSelector = slicer.qMRMLNodeComboBox()  # point mode: nodules marked with Markups
+        self.pointsSelector.nodeTypes = ["vtkMRMLMarkupsFiducialNode"]
+        self.pointsSelector.noneEnabled, self.pointsSelector.addEnabled, self.pointsSelector.removeEnabled = True, False, False
+        self.pointsSelector.setMRMLScene(slicer.mrmlScene)
+        self.pointsSelector.setToolTip("Explain the CT at these marked points (lung nodules) instead of as a whole")
+        self.layout.addWidget(self.pointsSelector)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.layout.addStretch(1)
@@ -287,6 +295,16 @@ class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.fillModelSelectors()
         node = self._parameterNode
+        if self.pointsSelector.currentNode() is not None:
+            try:
+                self.results = self.logic.processPoints(self.ui.inputSelector.currentNode(), self.pointsSelector.currentNode(),
+                                                        method=node.GetParameter("Method") or "gradcam",
+                                                        device=node.GetParameter("Device") or "auto")
+            except Exception as exc:
+                slicer.util.errorDisplay(f"CTExplain failed at the points:\n\n{exc}")
+                return
+            self.showFindings()
+            return
         try:
             self.run = self.logic.process(
                 self.ui.inputSelector.currentNode(),
@@ -361,6 +379,9 @@ class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         selected = self.ui.findingsTable.selectedItems()
         if selected:
             name = self.ui.findingsTable.item(selected[0].row(), 0).text()
+            if "points" in self.results:
+                self.logic.showPoint(self.results, name, self.ui.opacitySlider.value)
+                return
             self.logic.showFinding(self.results, name, self.ui.opacitySlider.value)
 
     def onDisplayChanged(self, *unused) -> None:
@@ -495,6 +516,69 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
                  inputVolumeNode.GetName(), results["probabilities"], timer.seconds)
         return results
 
+    def processPoints(self, inputVolumeNode, pointListNode, classifier: Optional[str] = None, segmenter: Optional[str] = None,
+                      method: str = "gradcam", device: str = "auto") -> Dict[str, Any]:
+        """Explain ``inputVolumeNode`` at each control point of ``pointListNode`` (a
+        vtkMRMLMarkupsFiducialNode, read at world positions) with the point models
+        (``CTExplainLib.points.markups``; default lung-nodule-malignancy and lung-nodule-segmenter).
+
+        Returns {"input", "table" (one row per point), "points" {label: {"heatMap", "nodule",
+        "record"}}, "heatMaps", "nodes"}; ``showPoint(results, label)`` shows one. Console::
+
+            >>> marks = slicer.util.getNode("F")  # the Markups point list
+            >>> results = CTExplainLogic().processPoints(volumeNode, marks)
+            >>> CTExplainLogic().showPoint(results, "F-1")
+        """
+        from CTExplainLib.models_catalog import POINT_CLASSIFIER, POINT_SEGMENTER
+        from CTExplainLib.points.markups import explain_markups, points_table
+
+        self._checkInput(inputVolumeNode)
+        classifierModel, segmenterModel = self._loadModels(classifier or POINT_CLASSIFIER, segmenter or POINT_SEGMENTER)
+        volume = volume_from_node(inputVolumeNode)
+        analyses = explain_markups(volume, pointListNode, classifierModel, segmenterModel, method, device,
+                                   world_to_volume=self._worldToVolume(inputVolumeNode))
+        before, base, ijkToRAS = self._nodeIDs(), inputVolumeNode.GetName(), ijkToRASArray(inputVolumeNode)
+        nodes: List[Any] = []
+        points: Dict[str, Dict[str, Any]] = {}
+        try:
+            for analysis in analyses:
+                entry: Dict[str, Any] = {"record": analysis.record, "heatMap": None, "nodule": None}
+                if analysis.ok:
+                    top = int(np.argmax(analysis.classification.probabilities))
+                    entry["heatMap"] = self._heatMapNode(analysis.heat_map(top, volume.grid), ijkToRAS,
+                                                         f"{base} CTExplain point {analysis.point.id}")
+                    entry["nodule"] = slicer.util.addVolumeFromArray(analysis.nodule_labels(volume.grid), ijkToRAS=ijkToRAS,
+                                                                     name=f"{base} CTExplain nodule {analysis.point.id}",
+                                                                     nodeClassName="vtkMRMLLabelMapVolumeNode")
+                    nodes += [entry["heatMap"], entry["nodule"]]
+                points[analysis.point.id] = entry
+            table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{base} CTExplain points")
+            self._fillTable(table, [], points_table(analyses))
+            nodes.append(table)
+        except Exception:
+            self._removeNodesAddedSince(before)
+            raise
+        for node in nodes:
+            node.SetAttribute(INPUT_ATTRIBUTE, inputVolumeNode.GetID())
+        return {"input": inputVolumeNode, "table": table, "points": points, "nodes": nodes,
+                "heatMaps": {label: p["heatMap"] for label, p in points.items() if p["heatMap"] is not None}}
+
+    @staticmethod
+    def _worldToVolume(volumeNode) -> Optional[np.ndarray]:
+        """World RAS -> the volume's own RAS: the inverse of its parent transform (None without one)."""
+        transform = volumeNode.GetParentTransformNode()
+        if transform is None:
+            return None
+        matrix = vtk.vtkMatrix4x4()
+        transform.GetMatrixTransformToWorld(matrix)
+        return np.linalg.inv(np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]))
+
+    def showPoint(self, results: Dict[str, Any], label: str, opacity: Optional[float] = None) -> None:
+        """Show one point's heat map (foreground) and nodule (label layer) over its input."""
+        point = results["points"][label]
+        slicer.util.setSliceViewerLayers(background=results["input"], foreground=point["heatMap"], label=point["nodule"],
+                                         foregroundOpacity=HEAT_MAP_OPACITY if opacity is None else opacity)
+
     @staticmethod
     def loadCT(path, name: Optional[str] = None):
         """A scalar volume node for a CT file or DICOM series: volume files through Slicer's own
@@ -615,13 +699,7 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
 
         heatMapNodes: Dict[str, Any] = {}
         for name, heat in heatMaps:
-            node = tag(slicer.util.addVolumeFromArray(np.asarray(heat, dtype=np.float32), ijkToRAS=ijkToRAS,
-                                                      name=f"{base} CTExplain {name}", nodeClassName="vtkMRMLScalarVolumeNode"))
-            display = node.GetDisplayNode()
-            display.SetAndObserveColorNodeID(HEAT_MAP_COLOR_ID)
-            display.AutoWindowLevelOff()  # else any Modified() recomputes the window from percentiles
-            display.SetWindowLevelMinMax(0.0, 1.0)
-            heatMapNodes[name] = node
+            heatMapNodes[name] = tag(self._heatMapNode(heat, ijkToRAS, f"{base} CTExplain {name}"))
 
         labelMap = segmentationNode = colorTable = None
         if labels is not None:
@@ -652,11 +730,21 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
                 "topFinding": top, "record": record, "nodes": nodes}
 
     @staticmethod
-    def _fillTable(table, findings: Sequence[Dict[str, Any]]) -> None:
-        """The columns of ``CTExplainLib.findings_table`` as VTK arrays of ``table``."""
+    def _heatMapNode(heat: np.ndarray, ijkToRAS: np.ndarray, name: str):
+        node = slicer.util.addVolumeFromArray(np.asarray(heat, dtype=np.float32), ijkToRAS=ijkToRAS, name=name,
+                                              nodeClassName="vtkMRMLScalarVolumeNode")
+        display = node.GetDisplayNode()
+        display.SetAndObserveColorNodeID(HEAT_MAP_COLOR_ID)
+        display.AutoWindowLevelOff()  # else any Modified() recomputes the window from percentiles
+        display.SetWindowLevelMinMax(0.0, 1.0)
+        return node
+
+    @staticmethod
+    def _fillTable(table, findings: Sequence[Dict[str, Any]], columns=None) -> None:
+        """The columns of ``CTExplainLib.findings_table`` (or ``columns`` of that form) as VTK arrays of ``table``."""
         from CTExplainLib.findings_table import findings_table
 
-        for title, kind, values in findings_table(findings):
+        for title, kind, values in columns if columns is not None else findings_table(findings):
             column = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
             for value in values:
                 column.InsertNextValue(value)

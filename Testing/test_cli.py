@@ -209,6 +209,10 @@ def test_console_script_runs_the_sample(tmp_path: Path) -> None:
         package = json.loads((locate_package(sample.classifier)[0] / METADATA_FILE).read_text())
         assert record["classifier"]["path"] == str(locate_package(sample.classifier)[0]), sample.name
         assert (record["segmenter"] is None) == (sample.segmenter is None), sample.name
+        if sample.points:  # point mode: an entry per point, each with its own heat maps
+            assert [p["ok"] for p in record["points"]] == [True] * len(sample.points), record["points"]
+            assert all(len(p["findings"]) == len(package["classes"]) for p in record["points"])
+            continue
         assert (tmp_path / sample.name / "segmentation.seg.nrrd").is_file() == (sample.segmenter is not None)
         # Models of up to 8 classes: a heat map for every class; an untrained one is said to be.
         heat_maps = sorted(p.name for p in (tmp_path / sample.name).glob("heatmap_*.nrrd"))

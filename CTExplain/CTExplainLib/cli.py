@@ -2,6 +2,7 @@
 
     ctexplain explain INPUT... --out DIR [--model PKG] [--segmenter PKG] [--method gradcam] ...
     ctexplain explain --sample --out DIR
+    ctexplain explain CT --point X Y Z [--point ...] [--points FILE.csv] [--ras] --out DIR
     ctexplain models
     ctexplain check-model PKG CASE... [--record]
     torchrun --nproc_per_node N -m CTExplainLib.cli explain INPUT... --out DIR
@@ -32,6 +33,8 @@ from .errors import CTExplainError
 from .models_catalog import (
     DEFAULT_CLASSIFIER,
     DEFAULT_SEGMENTER,
+    POINT_CLASSIFIER,
+    POINT_SEGMENTER,
     SAMPLES,
     SampleCase,
     chosen_segmenter,
@@ -39,6 +42,7 @@ from .models_catalog import (
     locate_package,
     resolve_models,
 )
+from .points.points_file import MarkedPoint, add_point_arguments, command_line_points, points_for_cases, requested_points
 from .slice_labels import read_slice_labels
 from .trust.choices import DEFAULT_FAITHFULNESS, FAITHFULNESS_CHOICES
 
@@ -68,6 +72,13 @@ def explain_case(*args: Any, **kwargs: Any) -> "CaseResult":
     return explain(*args, **kwargs)
 
 
+def explain_points_case(*args: Any, **kwargs: Any) -> "CaseResult":
+    """:func:`points.run.explain_points_case` (point mode), imported when a case runs."""
+    from .points.run import explain_points_case as explain
+
+    return explain(*args, **kwargs)
+
+
 @dataclass
 class Job:
     """One case to run, where its outputs go, and with which models."""
@@ -75,6 +86,7 @@ class Job:
     case: Path
     folder: Path
     models: ModelKey
+    points: Optional[List[MarkedPoint]] = None  # point mode (points/run.py) at these
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -132,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--no-progress", action="store_true", help="no progress output (otherwise a bar on a terminal, one line per stage in a log)")
     explain.add_argument("--progress-jsonl", action="store_true",
                          help="machine-readable progress: one JSON object per line on stdout (the summary goes to stderr)")
+    add_point_arguments(explain)
 
     models = commands.add_parser("models", help="list the model packages CTExplain can find", formatter_class=_HelpFormatter)
     models.add_argument("--dir", action="append", type=Path, default=[], metavar="FOLDER",
@@ -147,8 +160,10 @@ def _parser() -> argparse.ArgumentParser:
 def _model_names(args: argparse.Namespace, sample: Optional[SampleCase]) -> Tuple[str, Optional[str]]:
     """The classifier and segmenter (None: none) a case runs with: --model/--segmenter when given,
     else the sample's own, else the defaults."""
-    classifier = args.model or (sample.classifier if sample is not None else DEFAULT_CLASSIFIER)
-    return classifier, chosen_segmenter(args.segmenter, sample.segmenter if sample is not None else DEFAULT_SEGMENTER)
+    point_mode = sample is None and (args.point or args.points is not None)
+    defaults = (POINT_CLASSIFIER, POINT_SEGMENTER) if point_mode else (DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER)
+    classifier = args.model or (sample.classifier if sample is not None else defaults[0])
+    return classifier, chosen_segmenter(args.segmenter, sample.segmenter if sample is not None else defaults[1])
 
 
 def _load_models(keys: Sequence[ModelKey], classes: Optional[Sequence[str]]) -> Dict[ModelKey, Models]:
@@ -185,14 +200,21 @@ def _jobs(args: argparse.Namespace) -> Tuple[List[Job], List[Tuple[Path, str]]]:
     jobs: List[Job] = []
     problems: List[Tuple[Path, str]] = []
     used: Dict[str, int] = {}
+    marked = requested_points(args)
     for inputs, sample in requests:
         key = resolve_models(*_model_names(args, sample))
         cases, missing = discover_cases(inputs)
         problems += missing
+        if sample is not None:
+            points = {case: command_line_points(sample.points, ras=False) for case in cases} if sample.points else None
+        else:
+            points = points_for_cases(marked, cases, args.points) if marked is not None else None
         for case in cases:
+            if points is not None and not points[case]:
+                continue  # a points file's rows name other inputs only
             name = sample.name if sample is not None else case_name(case)
             used[name] = used.get(name, 0) + 1
-            jobs.append(Job(case, args.out / (name if used[name] == 1 else f"{name}_{used[name]}"), key))
+            jobs.append(Job(case, args.out / (name if used[name] == 1 else f"{name}_{used[name]}"), key, points[case] if points else None))
     return jobs, problems
 
 
@@ -326,6 +348,16 @@ def _warnings_once(verbose: bool) -> Iterator[None]:
         core.setLevel(level)
 
 
+def _check_point_jobs(jobs: Sequence[Job], models: Dict[ModelKey, "Models"]) -> None:
+    """Point-mode jobs need point models (see points/run.check_point_models)."""
+    if any(job.points is not None for job in jobs):
+        from .points.run import check_point_models
+
+        for job in jobs:
+            if job.points is not None:
+                check_point_models(*models[job.models])
+
+
 def _run_jobs(mine: Sequence[Tuple[int, Job]], total: int, models: Dict[ModelKey, Models], options: "ExplainOptions",
               args: argparse.Namespace, rank: Rank) -> List[Tuple[int, "CaseResult"]]:
     """This rank's cases, each with its index in the whole list; a failing case is reported and
@@ -337,10 +369,13 @@ def _run_jobs(mine: Sequence[Tuple[int, Job]], total: int, models: Dict[ModelKey
             for index, job in mine:
                 progress.start_case(job.folder.name, index, total)
                 classifier, segmenter = models[job.models]
-                result = explain_case(job.case, job.folder, classifier, segmenter, options, progress)
+                if job.points is not None:
+                    result = explain_points_case(job.case, job.folder, classifier, segmenter, job.points, options, progress)
+                else:
+                    result = explain_case(job.case, job.folder, classifier, segmenter, options, progress)
                 progress.end_case(result)
-                if not result.ok:
-                    progress.write(f"error: {result.error}")
+                for line in result.error.splitlines():  # one line per failed point in point mode
+                    progress.write(f"error: {line}")
                 for warning in result.warnings:
                     progress.write(f"warning: {job.folder.name}: {warning}")
                 done.append((index, result))
@@ -383,6 +418,7 @@ def run_explain(args: argparse.Namespace) -> int:
         jobs, problems = _jobs(args)
         models = _load_models([job.models for job in jobs], args.classes)
         options = _options(args)
+        _check_point_jobs(jobs, models)
     except CTExplainError as exc:
         if rank.is_main:
             print(f"error: {exc}", file=sys.stderr)

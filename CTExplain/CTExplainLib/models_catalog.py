@@ -34,6 +34,9 @@ DEMO_SEGMENTER = "demo-chest-segmenter-untrained"
 HEAD_CLASSIFIER = "head-ct-ich-findings"
 CHEST_CLASSIFIER = "chest-ct-4class"
 CHEST_SEGMENTER = "chest-ct-segmenter"
+# Point mode (``--point``): what runs at a marked lung nodule unless --model/--segmenter say otherwise.
+POINT_CLASSIFIER = "lung-nodule-malignancy"
+POINT_SEGMENTER = "lung-nodule-segmenter"
 # What inputs given without --model/--segmenter (and the Slicer module's "Default") run with.
 DEFAULT_CLASSIFIER = CHEST_CLASSIFIER
 DEFAULT_SEGMENTER = CHEST_SEGMENTER
@@ -55,6 +58,7 @@ class SampleCase:
     segmenter: Optional[str]  # None: no segmenter
     citation: str
     slice_labels: Optional[Path] = None  # CSV of slice_labels.py: the CAM-in-positive-slices share is reported
+    points: Tuple[Tuple[float, float, float], ...] = ()  # LPS mm: run in point mode at these
 
 
 CHEST_SAMPLE = SampleCase(
@@ -75,7 +79,18 @@ HEAD_SAMPLE = SampleCase(
     ),
     slice_labels=SAMPLES_FOLDER / "head_ct_ich_050_slices.csv",
 )
-SAMPLES: Tuple[SampleCase, ...] = (CHEST_SAMPLE, HEAD_SAMPLE)
+NODULE_SAMPLE = SampleCase(
+    name="lung_nodule_lidc_0001",
+    path=SAMPLES_FOLDER / "lung_nodule_lidc_0001.nii.gz",
+    classifier=POINT_CLASSIFIER,
+    segmenter=POINT_SEGMENTER,
+    citation=(
+        "LIDC-IDRI-0001 (TCIA, CC BY 3.0): Armato SG III et al., The Lung Image Database Consortium (LIDC) and "
+        "Image Database Resource Initiative (IDRI), Med. Phys. 38(2):915-931, 2011, doi:10.1118/1.3528204"
+    ),
+    points=((56.20840547, 86.34341278, -115.8675792),),  # its nodule's centre in nodules.csv
+)
+SAMPLES: Tuple[SampleCase, ...] = (CHEST_SAMPLE, HEAD_SAMPLE, NODULE_SAMPLE)
 
 
 @dataclass

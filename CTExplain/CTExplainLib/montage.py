@@ -270,6 +270,7 @@ def finding_montage(
     energy: Optional[np.ndarray] = None,
     segments: Optional[Sequence[LegendEntry]] = None,
     caption: Optional[str] = None,
+    first_slice: int = 0,
 ) -> np.ndarray:
     """An (H, W, 3) uint8 picture of one finding on its ``slices`` key axial slices.
 
@@ -285,7 +286,8 @@ def finding_montage(
 
     ``energy``, the map's :func:`slice_energy` if already computed (e.g. by the anatomy
     statistics), saves a pass over the map. ``caption``, if given, is a line under the title
-    (e.g. the map's faithfulness).
+    (e.g. the map's faithfulness). ``first_slice``: the index in the whole CT of ``ct``'s
+    slice 0, when ``ct`` is a part of it (rows are headed by the whole CT's k).
 
     Below the rows, a colour bar reads the heat map's colours (0 to 1), and a legend names
     each outline's colour: ``segments`` (label value, name, RGB), the package's segments, give
@@ -313,7 +315,7 @@ def finding_montage(
     for row, (k, panels) in enumerate(rows):
         top = layout["first_panel_top"] + row * layout["row_pitch"]
         share = float(energy[k]) / total if total > 0 else 0.0
-        _draw_text(canvas, (GAP_PX, top - TEXT_LINE_PX + 1), f"slice k={k}  ({100.0 * share:.0f}% of map energy)")
+        _draw_text(canvas, (GAP_PX, top - TEXT_LINE_PX + 1), f"slice k={first_slice + k}  ({100.0 * share:.0f}% of map energy)")
         for column, panel in enumerate(panels):
             canvas.paste(Image.fromarray(panel), (layout["left"] + column * layout["column_pitch"], top))
     draw_montage_footer(canvas, layout["footer_top"], labels, segments, label_colors)

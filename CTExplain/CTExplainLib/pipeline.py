@@ -402,6 +402,19 @@ def write_analysis(analysis: Analysis, folder: Path, classifier: LoadedModel, se
     return result
 
 
+@contextmanager
+def case_failures(result: CaseResult, input_path: Path) -> Iterator[None]:
+    """Run one case's work: a failure, whatever it is, becomes ``result.error`` (one line
+    naming the input) instead of stopping the other cases."""
+    try:
+        yield
+    except CTExplainError as exc:
+        result.error = str(exc)
+    except Exception as exc:
+        LOG.debug("case %s failed", input_path, exc_info=True)
+        result.error = f"{input_path}: {type(exc).__name__}: {exc}"
+
+
 def explain_case(
     input_path: Path,
     out_dir: Path,
@@ -416,7 +429,7 @@ def explain_case(
                                                             _measures_faithfulness(options, classifier)))
     result = CaseResult(input=str(input_path))
     started = time.perf_counter()
-    try:
+    with case_failures(result, input_path):
         with timer.stage("load"):
             volume = load_volume(input_path, series_uid=options.series_uid, image_spacing=options.image_spacing)
         analysis = analyse(volume, classifier, segmenter, options, timer)
@@ -431,11 +444,6 @@ def explain_case(
         result.probabilities = {f["name"]: f["probability"] for f in record["findings"]}
         result.warnings = record["warnings"]
         result.faithfulness = {f["name"]: f["faithfulness"] for f in record["findings"] if "faithfulness" in f}
-    except CTExplainError as exc:
-        result.error = str(exc)
-    except Exception as exc:  # one case's failure, whatever it is, must not stop the others
-        LOG.debug("case %s failed", input_path, exc_info=True)
-        result.error = f"{input_path}: {type(exc).__name__}: {exc}"
     result.timings = dict(timer.seconds)
     result.elapsed_s = time.perf_counter() - started
     return result
