@@ -103,3 +103,19 @@ def test_a_bad_manifest_stops_before_training(ct_ich_small: Path, tmp_path: Path
     recipe = tiny_recipe(broken, tmp_path / "run", spatial_dims=3, size=[32, 32, 8], spacing=[7.0, 7.0, 5.0])
     assert train_main(["--config", str(write_recipe(tmp_path / "r.json", recipe))]) == EXIT_BAD_INPUT
     assert not (tmp_path / "run").exists()
+
+
+def test_init_from_starts_from_a_package_and_refuses_one_of_other_classes(trained: Path, ct_ich_small: Path, tmp_path: Path) -> None:
+    from CTExplainTraining.engine import build_model
+    from CTExplainTraining.manifest import ManifestError
+
+    package = load_package(trained / "model")
+    config = make_config(dict(tiny_recipe(ct_ich_small / "slices.csv", tmp_path / "again"), init_from=str(trained / "model")))
+    manifest = load_manifest(config)
+    started = build_model(config, manifest).state_dict()
+    assert all(torch.equal(started[k], v) for k, v in package.network.state_dict().items())
+    fresh = build_model(make_config(tiny_recipe(ct_ich_small / "slices.csv", tmp_path / "fresh")), manifest).state_dict()
+    assert not all(torch.equal(fresh[k], v) for k, v in package.network.state_dict().items())
+    manifest.classes = list(reversed(manifest.classes))  # a package of other classes
+    with pytest.raises(ManifestError, match="init_from"):
+        build_model(config, manifest)
