@@ -36,6 +36,8 @@ class TrainConfig:
     # Network, by registry name, and its extra keyword arguments.
     network: str = "CompactCNN"
     network_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # Fine-tuning: start from this package's weights (same network, same classes) instead of at random.
+    init_from: Optional[Path] = None
     # Input spec of the package (what the core's preprocessing does at inference too).
     spatial_dims: int = 3
     channels: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "ct", "level": 40.0, "width": 400.0}])
@@ -181,7 +183,7 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
-PATH_FIELDS = {"manifest", "out", "cache_dir"}
+PATH_FIELDS = {"manifest", "out", "cache_dir", "init_from"}
 # What a candidate of nested_cv may not change: the data, the task and the protocol itself.
 NOT_CANDIDATE_FIELDS = {"manifest", "task", "out", "labels", "classes", "nested_cv", "candidates", "aggregations",
                         "choose_threshold", "outer_fold", "cv", "val_fraction", "final_fit", "seed", "name", "version"}

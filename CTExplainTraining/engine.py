@@ -27,12 +27,13 @@ from torch.utils.data import DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from CTExplainLib.devices import autocast
+from CTExplainLib.model_package import load_package
 from CTExplainLib.networks import build_network
 
 from .config import TrainConfig
 from .data import IMAGE, LABEL, PreprocessedCases, TrainingItems, class_weights, items_for
 from .distributed import Distributed, all_reduce_mean, broadcast_flag
-from .manifest import Example, Manifest
+from .manifest import Example, Manifest, ManifestError
 from .validate import Validation, validate_classifier, validate_segmenter
 
 LOG = logging.getLogger(__name__)
@@ -80,7 +81,14 @@ def output_channels(manifest: Manifest) -> int:
 def build_model(config: TrainConfig, manifest: Manifest) -> torch.nn.Module:
     kwargs = {"spatial_dims": config.spatial_dims, "in_channels": config.input_spec().network_channels, "out_channels": output_channels(manifest)}
     kwargs.update(config.network_kwargs)
-    return build_network(config.network, kwargs)
+    network = build_network(config.network, kwargs)
+    if config.init_from is not None:
+        start = load_package(config.init_from)
+        if start.metadata.class_names != list(manifest.classes) or start.metadata.network != config.network:
+            raise ManifestError(config.init_from, f"init_from: its network {start.metadata.network} and classes "
+                                f"{', '.join(start.metadata.class_names)} are not this run's {config.network} and {', '.join(manifest.classes)}")
+        network.load_state_dict(start.network.state_dict())
+    return network
 
 
 def make_loss(config: TrainConfig, manifest: Manifest, train: Sequence[Example]) -> torch.nn.Module:

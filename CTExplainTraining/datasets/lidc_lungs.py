@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -112,22 +112,53 @@ def whole_chest(ct: Volume, liver_segmenter: Path, lungs_label: int, liver_label
     return ct, ct.with_array(labels)
 
 
-def coarser(ct: Volume, labels: Volume, spacing_mm: float) -> "tuple[Volume, Volume]":
-    """``ct`` and ``labels`` on an isotropic ``spacing_mm`` grid over the same extent: the CT
+def coarser(ct: Volume, labels: Volume, spacing_mm: Union[float, Sequence[float]]) -> "tuple[Volume, Volume]":
+    """``ct`` and ``labels`` on a ``spacing_mm`` grid (one value: isotropic; or per axis i, j, k) over the same extent: the CT
     blurred first to that resolution (a Gaussian whose FWHM makes up the difference to the
     spacing along each axis), the labels by SimpleITK's label-Gaussian (local majority)."""
     spacing = np.asarray(ct.grid.spacing, dtype=float)
-    sigma = np.sqrt(np.maximum(spacing_mm**2 - spacing**2, 0.0)) / FWHM_PER_SIGMA
+    target = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
+    sigma = np.sqrt(np.maximum(target**2 - spacing**2, 0.0)) / FWHM_PER_SIGMA
     blurred = sitk.Cast(ct.to_sitk(), sitk.sitkFloat32)
     for axis, axis_sigma in enumerate(sigma):
         if axis_sigma > 0.0:  # an axis already as coarse as the target (2.5 mm slices for 2 mm) is left as it is
             blurred = sitk.RecursiveGaussian(blurred, float(axis_sigma), False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis)
-    size = np.floor((np.asarray(ct.grid.size) - 1) * spacing / spacing_mm).astype(int) + 1
-    grid = Grid(tuple(int(n) for n in size), (spacing_mm,) * 3, ct.grid.origin, ct.grid.direction)
+    size = np.floor((np.asarray(ct.grid.size) - 1) * spacing / target).astype(int) + 1
+    grid = Grid(tuple(int(n) for n in size), tuple(float(t) for t in target), ct.grid.origin, ct.grid.direction)
     image = resample_image(blurred, grid, "linear", float(ct.array.min()), sitk.sitkInt16)
     mask = sitk.Resample(labels.to_sitk(), grid.reference_image(), sitk.Transform(), sitk.sitkLabelGaussian, 0, sitk.sitkUInt8)
     return (Volume(sitk.GetArrayFromImage(image), grid, metadata=dict(ct.metadata)),
             Volume(sitk.GetArrayFromImage(mask), grid))
+
+
+def cropped_to_lungs(ct: Volume, labels: Volume, lungs_label: int, margins_mm: Sequence[float] = (0.0, 0.0, 0.0, 0.0)) -> "tuple[Volume, Volume]":
+    """Both cut in-plane to the box of the lungs over all slices, grown by ``margins_mm`` (i low,
+    i high, j low, j high; 0: the lungs touch that side of the image), as scanners cut the field
+    of view close around the chest."""
+    lungs = labels.array == lungs_label
+    j = np.flatnonzero(lungs.any(axis=(0, 2)))
+    i = np.flatnonzero(lungs.any(axis=(0, 1)))
+    if i.size == 0:
+        raise ValueError("no lungs to crop to")
+    grow = [int(round(m / ct.grid.spacing[axis])) for m, axis in zip(margins_mm, (0, 0, 1, 1))]
+    start = (max(int(i[0]) - grow[0], 0), max(int(j[0]) - grow[2], 0), 0)
+    stop = (min(int(i[-1]) + 1 + grow[1], ct.grid.size[0]), min(int(j[-1]) + 1 + grow[3], ct.grid.size[1]), ct.grid.size[2])
+    grid = ct.grid.box(start, stop)
+    region = (slice(None), slice(start[1], stop[1]), slice(start[0], stop[0]))
+    return (Volume(np.ascontiguousarray(ct.array[region]), grid, metadata=dict(ct.metadata)),
+            Volume(np.ascontiguousarray(labels.array[region]), grid))
+
+
+def spacing_argument(text: str) -> "tuple[float, ...]":
+    """``3`` (isotropic) or ``3x3x5`` (i, j, k) millimetres."""
+    values = tuple(float(v) for v in text.lower().split("x"))
+    if len(values) not in (1, 3) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one spacing in mm or three as IxJxK, e.g. 3x3x5")
+    return values
+
+
+def _spacing_name(spacing_mm: Union[float, Sequence[float]]) -> str:
+    return "x".join(f"{v:g}" for v in np.atleast_1d(spacing_mm))
 
 
 def _write_case(ct: Volume, labels: Volume, out: Path, stem: str, patient: str) -> Dict[str, str]:
@@ -138,7 +169,8 @@ def _write_case(ct: Volume, labels: Volume, out: Path, stem: str, patient: str) 
 
 
 def prepare(lidc: Path, manifest: Path, out: Path, test_patient: str, lungs_label: int = 1,
-            liver_from: Optional[Path] = None, liver_label: int = 2, coarse_mm: Sequence[float] = ()) -> Path:
+            liver_from: Optional[Path] = None, liver_label: int = 2, coarse_mm: Sequence[Sequence[float]] = (),
+            crop_copies: int = 0, crop_margin_mm: float = 30.0, seed: int = 0) -> Path:
     with open(manifest, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not any(row["patient"] == test_patient for row in rows):
@@ -153,9 +185,15 @@ def prepare(lidc: Path, manifest: Path, out: Path, test_patient: str, lungs_labe
         ct, labels = whole_chest(ct, liver_from, lungs_label, liver_label)
         stem = "lidc_chest"
     out.mkdir(parents=True, exist_ok=True)
-    rows.append(_write_case(ct, labels, out, stem, lidc.name))
-    for spacing_mm in coarse_mm:
-        rows.append(_write_case(*coarser(ct, labels, spacing_mm), out, f"{stem}_{spacing_mm:g}mm", lidc.name))
+    copies = [(ct, labels, stem)]
+    copies += [(*coarser(ct, labels, spacing_mm), f"{stem}_{_spacing_name(spacing_mm)}mm") for spacing_mm in coarse_mm]
+    random = np.random.default_rng(seed)
+    for copy_ct, copy_labels, copy_stem in copies:
+        rows.append(_write_case(copy_ct, copy_labels, out, copy_stem, lidc.name))
+        for index in range(crop_copies):  # the first copy cut at the lungs, the others with random margins
+            margins = random.uniform(0.0, crop_margin_mm, 4) if index else np.zeros(4)
+            cut = cropped_to_lungs(copy_ct, copy_labels, lungs_label, margins)
+            rows.append(_write_case(*cut, out, f"{copy_stem}_fov{index}", lidc.name))
     combined = out / "manifest.csv"
     with open(combined, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", "mask", "patient", "split"])
@@ -173,10 +211,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--lungs-label", type=int, default=1, help="the lungs' value in the manifest's masks (default 1)")
     parser.add_argument("--liver-from", type=Path, help="segmenter package whose liver labels the whole series (default: upper chest only)")
     parser.add_argument("--liver-label", type=int, default=2, help="the liver's value in the manifest's masks (default 2)")
-    parser.add_argument("--coarse-mm", type=float, nargs="+", default=[],
-                        help="also add the series as scanners with these isotropic resolutions would have taken it")
+    parser.add_argument("--coarse-mm", type=spacing_argument, nargs="+", default=[],
+                        help="also add the series as scanners with these resolutions would have taken it: 3 (isotropic) or 3x3x5 (i, j, k mm)")
+    parser.add_argument("--crop-copies", type=int, default=0,
+                        help="also add each copy this many times with the field of view cut close around the lungs: "
+                             "the first at the lungs' box, the others with random margins up to --crop-margin-mm (default 0)")
+    parser.add_argument("--crop-margin-mm", type=float, default=30.0, help="largest margin of a cut field of view (default 30)")
     args = parser.parse_args(argv)
-    print(prepare(args.lidc, args.manifest, args.out, args.test, args.lungs_label, args.liver_from, args.liver_label, args.coarse_mm))
+    print(prepare(args.lidc, args.manifest, args.out, args.test, args.lungs_label, args.liver_from, args.liver_label, args.coarse_mm,
+                  args.crop_copies, args.crop_margin_mm))
     return 0
 
 

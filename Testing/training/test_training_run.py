@@ -127,3 +127,19 @@ def test_a_2_5d_training_slice_is_the_core_s_slice_with_its_neighbours(ct_ich_sm
         expected = network(core).mean(dim=(1, 2, 3))
         seen = _forward_slices(lambda x: network(x).mean(dim=(1, 2, 3))[:, None], cases.case(image)[IMAGE], 1, torch.device("cpu"))[:, 0]
     assert torch.allclose(seen, expected)
+
+
+def test_init_from_starts_from_a_package_and_refuses_one_of_other_classes(trained: Path, ct_ich_small: Path, tmp_path: Path) -> None:
+    from CTExplainTraining.engine import build_model
+    from CTExplainTraining.manifest import ManifestError
+
+    package = load_package(trained / "model")
+    config = make_config(dict(tiny_recipe(ct_ich_small / "slices.csv", tmp_path / "again"), init_from=str(trained / "model")))
+    manifest = load_manifest(config)
+    started = build_model(config, manifest).state_dict()
+    assert all(torch.equal(started[k], v) for k, v in package.network.state_dict().items())
+    fresh = build_model(make_config(tiny_recipe(ct_ich_small / "slices.csv", tmp_path / "fresh")), manifest).state_dict()
+    assert not all(torch.equal(fresh[k], v) for k, v in package.network.state_dict().items())
+    manifest.classes = list(reversed(manifest.classes))  # a package of other classes
+    with pytest.raises(ManifestError, match="init_from"):
+        build_model(config, manifest)

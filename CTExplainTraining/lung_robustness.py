@@ -1,0 +1,124 @@
+"""A lung segmenter on chests scanned the way chests really are: its lung Dice on each reference
+case as it is, with the field of view cut to the lungs (they touch the image border on every
+side), and resampled to thick, coarse 3 x 3 x 5 mm voxels; and the voxels it calls lung outside
+the body.
+
+    python -m CTExplainTraining.lung_robustness PACKAGE [--data ../shared/data] [--json OUT]
+
+The cases and their references (neither is manual):
+
+* ``example_ct_sm`` (TotalSegmentator's fixture, 3 mm, lung bases only): TotalSegmentator's own
+  lung lobes, grouped;
+* ``lidc-idri-0001`` (0.7 x 0.7 x 2.5 mm): ``lung_check``'s threshold lungs with the enclosed
+  vessels filled (``lidc_lungs.filled_lungs``), the rule its training labels follow.
+
+Each variant is made from the case as scanned, and the reference and the body mask undergo the
+same operation as the CT: cropping cuts all three alike; resampling blurs the CT to the coarser
+resolution first (``lidc_lungs.coarser``) and moves the masks by local majority. "Outside the
+body" is the body mask of the case as scanned (``anatomy.body_mask``), so a cut field of view
+does not move it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from CTExplainLib.anatomy import body_mask
+from CTExplainLib.loading import load_volume
+from CTExplainLib.model_package import LoadedModel, load_package
+from CTExplainLib.segment import segment
+from CTExplainLib.volume import Volume
+
+from .datasets.lidc_lungs import coarser, cropped_to_lungs, filled_lungs
+from .lung_check import dice
+
+THICK_MM = (3.0, 3.0, 5.0)
+TOTALSEGMENTATOR_LUNG_LABELS = (10, 11, 12, 13, 14)  # labels_total_v2.json: the five lobes
+BODY, LUNGS = 1, 2  # the reference masks travel together as one label map
+
+
+def reference_cases(data: Path) -> Iterator[Tuple[str, Volume, np.ndarray]]:
+    """(name, CT, lung reference) of each case with a lung reference in ``data``."""
+    folder = data / "totalsegmentator"
+    ct = load_volume(folder / "example_ct_sm.nii.gz")
+    lobes = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_seg.nii.gz")))
+    yield "example_ct_sm", ct, np.isin(lobes, TOTALSEGMENTATOR_LUNG_LABELS)
+    lidc = load_volume(data / "lidc-idri-0001")
+    yield "lidc-idri-0001", lidc, filled_lungs(lidc)
+
+
+def _masks(ct: Volume, lungs: np.ndarray) -> Volume:
+    labels = np.where(body_mask(ct), BODY, 0).astype(np.uint8)
+    labels[lungs] = LUNGS
+    return ct.with_array(labels)
+
+
+def variants(ct: Volume, lungs: np.ndarray) -> Iterator[Tuple[str, Volume, Volume]]:
+    """(variant, CT, masks) for the case as scanned, cropped to the lungs, and 3 x 3 x 5 mm."""
+    masks = _masks(ct, lungs)
+    yield "as_is", ct, masks
+    yield "cropped", *cropped_to_lungs(ct, masks, LUNGS)
+    yield "thick_3x3x5mm", *coarser(ct, masks, THICK_MM)
+
+
+def lung_label(model: LoadedModel) -> int:
+    names = [c.name for c in model.metadata.classes]
+    if "lungs" not in names:
+        raise SystemExit(f"error: {model.path}: has no 'lungs' segment (it has {', '.join(names)})")
+    return names.index("lungs")
+
+
+def score(predicted: np.ndarray, masks: Volume) -> Dict[str, Any]:
+    """Lung Dice of ``predicted`` (boolean, on ``masks``' grid) and its lung voxels outside the body."""
+    reference = masks.array == LUNGS
+    voxel_ml = float(np.prod(masks.grid.spacing)) / 1000.0
+    return {
+        "dice": float(dice(predicted, reference) or 0.0),
+        "predicted_ml": float(predicted.sum()) * voxel_ml,
+        "reference_ml": float(reference.sum()) * voxel_ml,
+        "lung_voxels_outside_body": int((predicted & (masks.array == 0)).sum()),
+        "shape": list(masks.grid.size),
+        "spacing_mm": [round(s, 3) for s in masks.grid.spacing],
+    }
+
+
+def evaluate(model: LoadedModel, ct: Volume, masks: Volume) -> Dict[str, Any]:
+    return score(segment(model, ct, torch.device("cpu")).labels.array == lung_label(model), masks)
+
+
+def robustness(package: Path, data: Path, cases: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    model = load_package(package)
+    results: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for name, ct, lungs in reference_cases(data):
+        if cases and name not in cases:
+            continue
+        results[name] = {variant: evaluate(model, v_ct, v_masks) for variant, v_ct, v_masks in variants(ct, lungs)}
+    return results
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m CTExplainTraining.lung_robustness", description=__doc__.splitlines()[0])
+    parser.add_argument("package", type=Path, help="segmenter package with a 'lungs' segment")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder (default ../shared/data)")
+    parser.add_argument("--case", action="append", help="only this case (example_ct_sm, lidc-idri-0001); repeatable")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args(argv)
+    results = robustness(args.package, args.data, args.case)
+    for name, per_variant in results.items():
+        for variant, numbers in per_variant.items():
+            print(f"{name} {variant}: dice={numbers['dice']:.3f} outside_body_voxels={numbers['lung_voxels_outside_body']} "
+                  f"predicted_ml={numbers['predicted_ml']:.0f} reference_ml={numbers['reference_ml']:.0f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
