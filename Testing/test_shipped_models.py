@@ -73,3 +73,25 @@ def test_head_findings_reproduce_their_recorded_volume_scores_through_the_core()
     volume = load_volume(HEAD_SAMPLE.path)
     result = classify_and_explain(model, preprocess(volume, metadata.input), "gradcam", torch.device("cpu"))
     np.testing.assert_allclose(result.probabilities, recorded, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_chest_segmenter_reproduces_its_recorded_robustness_and_calls_no_lung_outside_the_body(data_dir: Path) -> None:
+    """The held-out case cut at its lungs and at 3 x 3 x 5 mm gives the Dice the package records
+    (lung_robustness), and the demo chest gets no lung outside its body (1.3 called 84 mL of
+    bowel gas lung there)."""
+    from CTExplainLib.anatomy import body_mask
+    from CTExplainLib.models_catalog import CHEST_SAMPLE
+    from CTExplainTraining.lung_robustness import evaluate, lung_label, reference_cases, variants
+
+    model = load_package(resolve_package("chest-ct-segmenter"))
+    recorded = model.metadata.provenance["metrics"]["robustness"]["cases"]["example_ct_sm"]
+    name, ct, lungs = next(reference_cases(data_dir))
+    assert name == "example_ct_sm"
+    for variant, variant_ct, masks in variants(ct, lungs):
+        measured = evaluate(model, variant_ct, masks)
+        assert abs(measured["dice"] - recorded[variant]["dice"]) < 1e-6, variant
+        assert measured["lung_voxels_outside_body"] == 0, variant
+    demo = load_volume(CHEST_SAMPLE.path)
+    called = segment(model, demo, torch.device("cpu")).labels.array == lung_label(model)
+    assert not (called & ~body_mask(demo)).any()
