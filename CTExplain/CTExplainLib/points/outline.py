@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..devices import autocast
+from ..devices import autocast, with_cpu_fallback
 from ..model_package import LoadedModel
 from ..volume import Grid, Volume
 from .crop import PointError, crop_input, nodule_part, voxel_positions
@@ -48,8 +48,13 @@ def outline_nodule(model: LoadedModel, volume: Volume, point: Sequence[float], d
         raise ValueError(f"{model.path}: is not a point segmenter (input crop mode 'point')")
     model_input = crop_input(volume, spec, point).model_input
     batch = model_input.slices() if spec.spatial_dims == 2 else model_input.batch()
-    with autocast(device):
-        logits = model.network(batch.to(device).float()).float().cpu()
+
+    def logits_on(target: torch.device) -> torch.Tensor:
+        network = model.network.to(target)  # the package loads on the CPU; the classifier moves itself too
+        with autocast(target):
+            return network(batch.to(target).float()).float().cpu()
+
+    logits = with_cpu_fallback(logits_on, device, [])  # a fallback is logged; the point's result is the same
     nodule = torch.softmax(logits, dim=1)[:, 1]  # (k, j, i) for 2D slices; (1, k, j, i) for 3D
     cut = model.metadata.threshold if threshold is None else threshold
     foreground = (nodule.reshape(model_input.grid.shape) >= cut).numpy().astype(np.uint8)
