@@ -42,9 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def explain(out: Path, device: str) -> None:
+    """``explain --sample``; a failed case is printed and the check goes on (its numbers are missing)."""
     code = cli.main(["explain", "--sample", "--out", str(out), "--device", device, "--no-progress"])
-    if code != 0:
-        raise SystemExit(f"explain on {device} failed with exit status {code}")
+    print(f"explain_exit_{out.name}={code}", flush=True)
 
 
 @contextlib.contextmanager
@@ -85,6 +85,9 @@ def probabilities(result: dict) -> Dict[str, float]:
 def compare(reference: Path, other: Path, run: str) -> Dict[str, float]:
     numbers: Dict[str, float] = {}
     for case in sorted(p for p in reference.iterdir() if (p / "result.json").is_file()):
+        if not (other / case.name / "result.json").is_file():
+            numbers[f"{case.name}_failed_{run}"] = 1
+            continue
         ref = json.loads((case / "result.json").read_text())
         got = json.loads((other / case.name / "result.json").read_text())
         p_ref, p_got = probabilities(ref), probabilities(got)
