@@ -511,6 +511,26 @@ def test_segments_are_named_from_colour_table_node_name_or_label_value(slicer):
     assert import_labels(slicer, label_volume_without_colours(slicer, single, "tumour"))[2] == ["tumour"]
 
 
+def test_labels_the_colour_table_lacks_get_empty_segment_names(slicer):
+    """GetColorName gives "" for a value without an entry, so the Label_<v> fallback is never
+    reached when a colour table is there: such segments have an empty name and the table's
+    (absent) colour, not an invented one (section 2 "Segment name")."""
+    voxels = np.zeros((3, 4, 5), np.uint8)
+    voxels[0, 0, 0], voxels[1, 1, 1], voxels[2, 2, 2] = 1, 3, 9  # 3 inside the table, 9 beyond it
+    table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", "two names")
+    table.SetTypeToUser()
+    table.SetNumberOfColors(5)
+    table.SetColor(1, "lung", 0.2, 0.4, 0.8, 1.0)
+    assert table.GetColorName(3) == "" and table.GetColorName(9) == "" and table.GetColorName(1) == "lung"
+    labelmap = slicer.util.addVolumeFromArray(voxels, nodeClassName="vtkMRMLLabelMapVolumeNode")
+    labelmap.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
+    ok, segmentation, names = import_labels(slicer, labelmap)
+    assert ok and names == ["lung", "", ""]
+    s = segmentation.GetSegmentation()
+    assert [s.GetNthSegment(i).GetLabelValue() for i in range(3)] == [1, 3, 9]
+    assert s.GetNthSegment(0).GetColor() == pytest.approx((0.2, 0.4, 0.8))
+
+
 def test_segment_ids_are_random_and_found_by_name(slicer):
     voxels = np.zeros((2, 2, 2), np.uint8)
     voxels[0, 0, 0] = 1
@@ -622,8 +642,9 @@ def test_testing_mode_dialogs(slicer, caplog):
     assert slicer.app.testingEnabled() and slicer.app.commandOptions().testingEnabled
     assert slicer.app.layoutManager() is None
     with caplog.at_level(logging.INFO):
-        assert slicer.util.confirmOkCancelDisplay("Install PyTorch?") is True
-        assert slicer.util.confirmYesNoDisplay("Sure?") is True
+        # Slicer returns `True == qt.QMessageBox.Ok`, i.e. False, under --testing (section 1).
+        assert slicer.util.confirmOkCancelDisplay("Install PyTorch?") is False
+        assert slicer.util.confirmYesNoDisplay("Sure?") is False
         assert slicer.util.confirmRetryCloseDisplay("Retry?") is False
         assert slicer.util.errorDisplay("it broke") is None
     assert "Install PyTorch?" in caplog.text
@@ -641,6 +662,8 @@ def test_outside_testing_a_confirmation_would_block(caplog):
         assert "no main window" in caplog.text
         slicer.app.dialogResponder = lambda kind, text: False
         assert slicer.util.confirmOkCancelDisplay("Install PyTorch?") is False
+        slicer.app.dialogResponder = lambda kind, text: True  # the user presses OK
+        assert slicer.util.confirmOkCancelDisplay("Install PyTorch?") is True
     finally:
         slicer_standin.uninstall()
 
