@@ -571,6 +571,26 @@ class CTExplainTest(ScriptedLoadableModuleTest):
         self.assertTrue(segmentNames and segmentNames <= packageNames, segmentNames)
         self.delayDisplay("Test passed")
 
+    def test_transformed_input(self) -> None:
+        """Under a parent transform, the outputs follow the input; the label colour table is kept
+        for the scene's save (real MRML here, where the test suite has a stand-in)."""
+        from CTExplainLib.models_catalog import CHEST_SAMPLE, DEMO_CLASSIFIER, DEMO_SEGMENTER, resolve_package
+
+        inputNode = slicer.util.loadVolume(str(CHEST_SAMPLE.path))
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(0, 3, 25.0)
+        transform.SetMatrixTransformToParent(matrix)
+        inputNode.SetAndObserveTransformNodeID(transform.GetID())
+        results = CTExplainLogic().process(inputNode, classifier=str(resolve_package(DEMO_CLASSIFIER)),
+                                           segmenter=str(resolve_package(DEMO_SEGMENTER)))
+        for node in list(results["heatMaps"].values()) + [results["labelMap"], results["segmentation"]]:
+            self.assertEqual(node.GetTransformNodeID(), transform.GetID(), node.GetName())
+        self.assertEqual(results["colorTable"].GetHideFromEditors(), 0)
+        self.assertNotIn(inputNode.GetID(), CTExplainLogic.hiddenInputIDs())
+        self.assertTrue(set(n.GetID() for n in results["heatMaps"].values()) <= set(CTExplainLogic.hiddenInputIDs()))
+        self.delayDisplay("Test passed")
+
     def test_background_run(self) -> None:
         """process(wait=False) gives the outputs of wait=True; Cancel leaves the scene as it was."""
         from CTExplainLib.models_catalog import CHEST_SAMPLE

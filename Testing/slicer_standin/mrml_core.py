@@ -447,6 +447,20 @@ class vtkMRMLDisplayableNode(vtkMRMLTransformableNode):
     def CreateDefaultDisplayNodes(self) -> None:
         pass
 
+    def _addDefaultDisplayNode(self, displayClass: type) -> None:
+        """What each CreateDefaultDisplayNodes does: idempotent, needs a scene (section 2); the
+        display node's default colour map is set when it has one."""
+        if isinstance(self.GetDisplayNode(), displayClass):
+            return
+        if self.GetScene() is None:
+            logger.error("%s::CreateDefaultDisplayNodes failed: scene is invalid", self.GetClassName())
+            return
+        display = displayClass()
+        if hasattr(display, "SetDefaultColorMap"):
+            display.SetDefaultColorMap()
+        self.GetScene().AddNode(display)
+        self.SetAndObserveDisplayNodeID(display.GetID())
+
     def SetDisplayVisibility(self, visible: int) -> None:
         for i in range(self.GetNumberOfDisplayNodes()):
             node = self.GetNthDisplayNode(i)

@@ -87,14 +87,7 @@ class vtkMRMLMarkupsNode(vtkMRMLDisplayableNode):
         return self._markupType
 
     def CreateDefaultDisplayNodes(self) -> None:
-        if isinstance(self.GetDisplayNode(), vtkMRMLMarkupsDisplayNode):
-            return
-        if self.GetScene() is None:
-            logger.error("%s::CreateDefaultDisplayNodes failed: scene is invalid", self.GetClassName())
-            return
-        display = vtkMRMLMarkupsFiducialDisplayNode()
-        self.GetScene().AddNode(display)
-        self.SetAndObserveDisplayNodeID(display.GetID())
+        self._addDefaultDisplayNode(vtkMRMLMarkupsFiducialDisplayNode)
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _check(self, i: int) -> bool:

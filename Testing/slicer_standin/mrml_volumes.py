@@ -249,15 +249,7 @@ class vtkMRMLScalarVolumeNode(vtkMRMLVolumeNode):
 
     def CreateDefaultDisplayNodes(self) -> None:
         """Grey scalar display node; idempotent; needs a scene (section 2)."""
-        if isinstance(self.GetDisplayNode(), vtkMRMLScalarVolumeDisplayNode):
-            return
-        if self.GetScene() is None:
-            logger.error("vtkMRMLScalarVolumeNode::CreateDefaultDisplayNodes failed: scene is invalid")
-            return
-        display = vtkMRMLScalarVolumeDisplayNode()
-        display.SetDefaultColorMap()
-        self.GetScene().AddNode(display)
-        self.SetAndObserveDisplayNodeID(display.GetID())
+        self._addDefaultDisplayNode(vtkMRMLScalarVolumeDisplayNode)
 
 
 @register_node_class
@@ -267,15 +259,7 @@ class vtkMRMLLabelMapVolumeNode(vtkMRMLScalarVolumeNode):
     _tag = "LabelMapVolume"
 
     def CreateDefaultDisplayNodes(self) -> None:
-        if isinstance(self.GetDisplayNode(), vtkMRMLLabelMapVolumeDisplayNode):
-            return
-        if self.GetScene() is None:
-            logger.error("vtkMRMLLabelMapVolumeNode::CreateDefaultDisplayNodes failed: scene is invalid")
-            return
-        display = vtkMRMLLabelMapVolumeDisplayNode()
-        display.SetDefaultColorMap()
-        self.GetScene().AddNode(display)
-        self.SetAndObserveDisplayNodeID(display.GetID())
+        self._addDefaultDisplayNode(vtkMRMLLabelMapVolumeDisplayNode)
 
 
 class vtkMRMLTensorVolumeNode(vtkMRMLScalarVolumeNode):
@@ -287,14 +271,7 @@ class vtkMRMLVectorVolumeNode(vtkMRMLTensorVolumeNode):
     _tag = "VectorVolume"
 
     def CreateDefaultDisplayNodes(self) -> None:
-        if isinstance(self.GetDisplayNode(), vtkMRMLVectorVolumeDisplayNode):
-            return
-        if self.GetScene() is None:
-            logger.error("vtkMRMLVectorVolumeNode::CreateDefaultDisplayNodes failed: scene is invalid")
-            return
-        display = vtkMRMLVectorVolumeDisplayNode()
-        self.GetScene().AddNode(display)
-        self.SetAndObserveDisplayNodeID(display.GetID())
+        self._addDefaultDisplayNode(vtkMRMLVectorVolumeDisplayNode)
 
 
 @register_node_class

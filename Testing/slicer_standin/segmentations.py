@@ -332,14 +332,7 @@ class vtkMRMLSegmentationNode(vtkMRMLDisplayableNode):
         self.Modified()
 
     def CreateDefaultDisplayNodes(self) -> None:
-        if isinstance(self.GetDisplayNode(), vtkMRMLSegmentationDisplayNode):
-            return
-        if self.GetScene() is None:
-            logger.error("vtkMRMLSegmentationNode::CreateDefaultDisplayNodes failed: scene is invalid")
-            return
-        display = vtkMRMLSegmentationDisplayNode()
-        self.GetScene().AddNode(display)
-        self.SetAndObserveDisplayNodeID(display.GetID())
+        self._addDefaultDisplayNode(vtkMRMLSegmentationDisplayNode)
 
     def SetReferenceImageGeometryParameterFromVolumeNode(self, volumeNode) -> None:
         """The volume's grid, expressed in this node's local coordinates (the two nodes' parent
