@@ -1,21 +1,20 @@
 """CTExplain: class activation maps and segmentation of a CT volume, shown in 3D Slicer.
 
-This file is GUI and scene glue only: every computation is in CTExplainLib (the same core as the
-``ctexplain`` command line). CTExplainLib (and torch) are imported lazily, inside the functions
-that need them, so that Slicer can list the module even before its dependencies are installed.
+This file is GUI and scene glue only: computations are in CTExplainLib (the same core as the
+``ctexplain`` command line), and what needs MRML but no widget (output nodes, background runs,
+installing dependencies) is in CTExplainSlicerLib beside it. Both are imported lazily, inside the
+functions that need them, so that Slicer can list the module before its dependencies are installed.
 
 Two ways to run, one result: ``process(wait=True)`` runs the core in Slicer's process (console,
 batch mode, self-test); ``process(wait=False)`` runs the ``ctexplain`` command line in a child
 process (the GUI: no frozen window, progress, Cancel) and loads its files back onto the input's
-exact grid.
+exact grid. Outputs go under the input's parent transform, so they are shown where it is.
 """
 from __future__ import annotations
 
 import logging
-import shutil
-import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import qt
@@ -29,14 +28,13 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from CTExplainSlicerLib.nodes import HEAT_MAP_OPACITY, ijkToRASArray, volume_from_node  # noqa: F401 (public API)
+from CTExplainSlicerLib.run import CTExplainRun  # noqa: F401 (what process(wait=False) returns)
+
 LOG = logging.getLogger(__name__)
 
-INPUT_ATTRIBUTE = "CTExplain.InputNodeID"  # marks output nodes with the node they explain
-HEAT_MAP_COLOR_ID = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
-HEAT_MAP_OPACITY = 0.5
 METHODS = (("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcampp"), ("CAM", "cam"))
 DEVICES = ("auto", "cpu", "cuda", "mps")
-SCENE_FRACTION = 0.9  # a background run's progress: the child up to here, loading its files after
 OTHER_FOLDER = "<other folder>"  # item data of the "Other folder..." entry of the model selectors
 Progress = Callable[[str, float], None]
 
@@ -70,6 +68,8 @@ class CTExplain(ScriptedLoadableModule):
             "doi:10.1148/ryai.230024), Apache-2.0, whose liver mask is TotalSegmentator's output, and "
             "LIDC-IDRI (Armato S. G. et al., Med. Phys. 2011, doi:10.1118/1.3528204; TCIA, CC BY 3.0) "
             "with threshold lung masks. "
+            "lung-nodule-segmenter and lung-nodule-malignancy: LIDC-IDRI nodule crops with the readers' outlines "
+            "and ratings (via PabloLION/ct-slicing; same citation and licence). "
             "chest-ct-4class: Kaggle 'Chest CT-Scan images' (mohamedhanyyy), deduplicated. "
             "covid-infection-2d and covid-consolidation-2d: MedSeg COVID-19 CT segmentations as prepared by Inf-Net (Fan D.-P. "
             "et al., IEEE TMI 2020). lung-nodule-malignancy and lung-nodule-segmenter: LIDC-IDRI nodule "
@@ -81,32 +81,10 @@ class CTExplain(ScriptedLoadableModule):
         )
 
 
-def ijkToRASArray(volumeNode) -> np.ndarray:
-    """The node's IJK-to-RAS matrix as a 4x4 numpy array (the getter needs an out-argument)."""
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def volume_from_node(volumeNode):
-    """A core Volume from a scalar volume node: a *copy* of its (K, J, I) voxels (so the node is
-    never touched) and its IJK-to-RAS, turned into the core's LPS grid by Volume.from_ijk_to_ras."""
-    from CTExplainLib.volume import Volume
-
-    array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
-    return Volume.from_ijk_to_ras(array, ijkToRASArray(volumeNode), metadata={"source": volumeNode.GetName()})
-
-
 def comboData(combo) -> str:
     """The current item's data of a QComboBox, as a string ("" for none)."""
     data = combo.itemData(combo.currentIndex)
     return "" if data is None else str(data)
-
-
-def pythonExecutable() -> str:
-    """The Python for child processes: Slicer's ``PythonSlicer`` (on PATH inside Slicer, which is
-    how slicer.util.pip_install finds it), else this interpreter."""
-    return shutil.which("PythonSlicer") or sys.executable
 
 
 #
@@ -157,6 +135,9 @@ class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(self.pointsSelector)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        for event in (slicer.mrmlScene.NodeAddedEvent, slicer.mrmlScene.EndImportEvent):
+            self.addObserver(slicer.mrmlScene, event, self.updateInputFilter)
+        self.updateInputFilter()
         self.layout.addStretch(1)
         self.initializeParameterNode()
 
@@ -183,9 +164,15 @@ class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.GetNodeReference("InputVolume"):
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first is not None and first.GetClassName() == "vtkMRMLScalarVolumeNode":
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            first = next((node for node in volumes if self.logic.isInputCandidate(node)), None)
+            if first is not None:
                 self._parameterNode.SetNodeReferenceID("InputVolume", first.GetID())
+
+    def updateInputFilter(self, *unused) -> None:
+        """The input selector lists CTs, not CTExplain's own heat maps (label maps are already
+        out: showChildNodeTypes is false in the .ui file)."""
+        self.ui.inputSelector.sortFilterProxyModel().hiddenNodeIDs = self.logic.hiddenInputIDs()
 
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode is not None:
@@ -336,6 +323,7 @@ class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(f"CTExplain failed:\n\n{run.error}")
             return
         self.results = run.outputs
+        self.updateInputFilter()  # the new heat maps got their attribute after being added
         self.showFindings()
         self.onDisplayChanged()
 
@@ -391,80 +379,6 @@ class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
-# CTExplainRun: a background run started by CTExplainLogic.process(wait=False)
-#
-class CTExplainRun:
-    """A run of the core in a child process. Poll it from a timer (or ``wait()``); on success
-    ``outputs`` is what ``process(wait=True)`` returns, on failure ``error`` says why, and the
-    scene is left exactly as it was. ``cancel()`` kills the child's whole process tree.
-    """
-
-    def __init__(self, logic: "CTExplainLogic", inputVolumeNode, job, progress: Optional[Progress]) -> None:
-        self.logic = logic
-        self.inputVolumeNode = inputVolumeNode
-        self.job = job  # CTExplainLib.background.BackgroundExplain
-        self.progress = progress
-        self.outputs: Optional[Dict[str, Any]] = None
-        self.error: Optional[str] = None
-        self.finished = False
-        self.cancelled = False
-        self.tempFolder = None
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.job.pid
-
-    @property
-    def running(self) -> bool:
-        return not self.finished
-
-    def _report(self, stage: str, fraction: float) -> None:
-        if self.progress is not None:
-            self.progress(stage, fraction)
-
-    def onChildProgress(self, stage: str, fraction: float) -> None:
-        if stage != "done":  # the child's end is not the run's end: its files are still to load
-            self._report(stage, SCENE_FRACTION * fraction)
-
-    def poll(self) -> bool:
-        """True once the run has ended (done, failed or cancelled); never blocks on the child."""
-        if self.finished:
-            return True
-        if not self.job.poll():
-            return False
-        try:
-            if self.job.error is not None:
-                self.error = self.job.error
-            elif self.inputVolumeNode.GetScene() is None:
-                self.error = "CTExplain: the input volume was removed from the scene during the run"
-            else:
-                self._report("scene", SCENE_FRACTION)
-                self.outputs = self.logic._placeOutputs(self.inputVolumeNode, self.job.outputs)
-                self._report("done", 1.0)
-        except Exception as exc:  # the scene is already back as it was (see _placeOutputs)
-            LOG.exception("CTExplain: could not load the results")
-            self.error = f"CTExplain: could not load the results: {exc}"
-        finally:
-            self.job.cleanup()
-            self.finished = True
-        return True
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        """Block until the run ends; True if it succeeded."""
-        from CTExplainLib.background import poll_until
-
-        poll_until(self.poll, timeout, lambda: TimeoutError(f"CTExplain: the run did not end within {timeout} s"))
-        return self.error is None
-
-    def cancel(self) -> None:
-        """Kill the child process tree; nothing is added to the scene; the temporary folder goes."""
-        if self.finished:
-            return
-        self.job.cancel()
-        self.cancelled, self.finished, self.error = True, True, "cancelled"
-
-
-#
 # CTExplainLogic
 #
 class CTExplainLogic(ScriptedLoadableModuleLogic):
@@ -492,13 +406,16 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
         wait=False: starts the ``ctexplain`` command line in a child process and returns a
         :class:`CTExplainRun` to poll; the outputs are added when it ends.
         """
+        from CTExplainSlicerLib import nodes
+
         self._checkInput(inputVolumeNode)
         if not wait:
-            return self._start(inputVolumeNode, classifier, segmenter, method, device, progress)
+            return CTExplainRun(inputVolumeNode, volume_from_node(inputVolumeNode), classifier, segmenter, method,
+                                device, progress)
         from CTExplainLib import pipeline
 
         report = progress or (lambda stage, fraction: None)
-        before = self._nodeIDs()
+        before = nodes.nodeIDs()
         try:
             classifierModel, segmenterModel = self._loadModels(classifier, segmenter)
             explained = pipeline.explain_in_memory(volume_from_node(inputVolumeNode), classifierModel, segmenterModel,
@@ -506,11 +423,11 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
                                                    after=["scene"])
             timer = explained.timer
             with timer.stage("scene"):
-                results = self._addOutputs(inputVolumeNode, explained.record, explained.heat_maps(), explained.labels)
+                results = nodes.addOutputs(inputVolumeNode, explained.record, explained.heat_maps(), explained.labels)
         except Exception:
-            self._removeNodesAddedSince(before)
+            nodes.removeNodesAddedSince(before)
             raise
-        self._replaceOutputs(inputVolumeNode, results)
+        nodes.replaceOutputs(inputVolumeNode, results)
         report("done", 1.0)
         LOG.info("CTExplain: %s explained; probabilities %s; seconds per stage %s",
                  inputVolumeNode.GetName(), results["probabilities"], timer.seconds)
@@ -537,7 +454,9 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
         volume = volume_from_node(inputVolumeNode)
         analyses = explain_markups(volume, pointListNode, classifierModel, segmenterModel, method, device,
                                    world_to_volume=self._worldToVolume(inputVolumeNode))
-        before, base, ijkToRAS = self._nodeIDs(), inputVolumeNode.GetName(), ijkToRASArray(inputVolumeNode)
+        from CTExplainSlicerLib.nodes import INPUT_ATTRIBUTE, addHeatMap, fillTable, removeNodesAddedSince
+
+        before, base = self._nodeIDs(), inputVolumeNode.GetName()
         nodes: List[Any] = []
         points: Dict[str, Dict[str, Any]] = {}
         try:
@@ -545,18 +464,20 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
                 entry: Dict[str, Any] = {"record": analysis.record, "heatMap": None, "nodule": None}
                 if analysis.ok:
                     top = int(np.argmax(analysis.classification.probabilities))
-                    entry["heatMap"] = self._heatMapNode(analysis.heat_map(top, volume.grid), ijkToRAS,
-                                                         f"{base} CTExplain point {analysis.point.id}")
-                    entry["nodule"] = slicer.util.addVolumeFromArray(analysis.nodule_labels(volume.grid), ijkToRAS=ijkToRAS,
+                    entry["heatMap"] = addHeatMap(inputVolumeNode, f"{base} CTExplain point {analysis.point.id}",
+                                                  analysis.heat_map(top, volume.grid))
+                    entry["nodule"] = slicer.util.addVolumeFromArray(analysis.nodule_labels(volume.grid),
+                                                                     ijkToRAS=ijkToRASArray(inputVolumeNode),
                                                                      name=f"{base} CTExplain nodule {analysis.point.id}",
                                                                      nodeClassName="vtkMRMLLabelMapVolumeNode")
+                    entry["nodule"].SetAndObserveTransformNodeID(inputVolumeNode.GetTransformNodeID())
                     nodes += [entry["heatMap"], entry["nodule"]]
                 points[analysis.point.id] = entry
             table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{base} CTExplain points")
-            self._fillTable(table, [], points_table(analyses))
+            fillTable(table, [], columns=points_table(analyses))
             nodes.append(table)
         except Exception:
-            self._removeNodesAddedSince(before)
+            removeNodesAddedSince(before)
             raise
         for node in nodes:
             node.SetAttribute(INPUT_ATTRIBUTE, inputVolumeNode.GetID())
@@ -602,55 +523,25 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
                                               nodeClassName="vtkMRMLScalarVolumeNode")
 
     @staticmethod
-    def _checkInput(inputVolumeNode) -> None:
+    def isInputCandidate(node) -> bool:
+        """A scalar volume (not a label map) that is not one of CTExplain's own heat maps."""
+        from CTExplainSlicerLib.nodes import isInputCandidate
+
+        return isInputCandidate(node)
+
+    @staticmethod
+    def hiddenInputIDs() -> List[str]:
+        """The scalar volumes the input selector must not offer: CTExplain's heat maps."""
+        from CTExplainSlicerLib.nodes import outputVolumeIDs
+
+        return outputVolumeIDs()
+
+    def _checkInput(self, inputVolumeNode) -> None:
         if inputVolumeNode is None or inputVolumeNode.GetClassName() != "vtkMRMLScalarVolumeNode":
             raise ValueError("CTExplain: the input must be a scalar volume node (a CT), got "
                              f"{inputVolumeNode.GetClassName() if inputVolumeNode is not None else None}")
-
-    def _start(self, inputVolumeNode, classifier, segmenter, method, device, progress) -> CTExplainRun:
-        import os
-
-        from CTExplainLib.background import BackgroundExplain
-
-        run = CTExplainRun(self, inputVolumeNode, None, progress)
-        run.job = BackgroundExplain(volume_from_node(inputVolumeNode), classifier=classifier, segmenter=segmenter,
-                                    method=method, device=device, python=pythonExecutable(),
-                                    temp_root=os.path.join(slicer.app.temporaryPath, "CTExplain"),
-                                    progress=run.onChildProgress)
-        run.job.start()
-        run.tempFolder = run.job.folder
-        return run
-
-    def _placeOutputs(self, inputVolumeNode, outputs) -> Dict[str, Any]:
-        """A finished background run's files (CTExplainLib.background.CaseOutputs) as scene nodes."""
-        before = self._nodeIDs()
-        try:
-            heatMaps = ((name, outputs.heat_map(name)) for name in outputs.heat_map_names())
-            results = self._addOutputs(inputVolumeNode, outputs.record, heatMaps, outputs.labels())
-        except Exception:
-            self._removeNodesAddedSince(before)
-            raise
-        self._replaceOutputs(inputVolumeNode, results)
-        return results
-
-    def _replaceOutputs(self, inputVolumeNode, results: Dict[str, Any]) -> None:
-        keep = {node.GetID() for node in results["nodes"]}
-        self.removeOutputs(inputVolumeNode, keep=keep)
-        top = results["heatMaps"].get(results["topFinding"])
-        slicer.util.setSliceViewerLayers(background=inputVolumeNode, foreground=top, foregroundOpacity=HEAT_MAP_OPACITY)
-
-    @staticmethod
-    def _nodeIDs() -> List[str]:
-        scene = slicer.mrmlScene
-        return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
-
-    def _removeNodesAddedSince(self, before: Sequence[str]) -> None:
-        """Whatever was added (including display nodes and half-built nodes) goes again."""
-        scene, known = slicer.mrmlScene, set(before)
-        for nodeID in reversed([n for n in self._nodeIDs() if n not in known]):
-            node = scene.GetNodeByID(nodeID)
-            if node is not None:
-                scene.RemoveNode(node)
+        if not self.isInputCandidate(inputVolumeNode):
+            raise ValueError(f"CTExplain: {inputVolumeNode.GetName()} is a CTExplain output (a heat map), not a CT")
 
     @staticmethod
     def _loadModels(classifier: Optional[str], segmenter: Optional[str]):
@@ -661,95 +552,29 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
                                                        chosen_segmenter(segmenter or None, DEFAULT_SEGMENTER))
         return load_package(classifierPath), load_package(segmenterPath) if segmenterPath is not None else None
 
+    @staticmethod
+    def _nodeIDs() -> List[str]:
+        from CTExplainSlicerLib.nodes import nodeIDs
+
+        return nodeIDs()
+
+    def _addOutputs(self, inputVolumeNode, record: Dict[str, Any], heatMaps, labels) -> Dict[str, Any]:
+        """Output nodes for ``record`` (result.json's shape) and (K, J, I) arrays on the input's grid."""
+        from CTExplainSlicerLib.nodes import addOutputs
+
+        return addOutputs(inputVolumeNode, record, heatMaps, labels)
+
     def outputNodes(self, inputVolumeNode) -> List[Any]:
         """The nodes an earlier run made for this input (found by their attribute)."""
-        scene, inputID = slicer.mrmlScene, inputVolumeNode.GetID()
-        nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
-        return [n for n in nodes if n.GetAttribute(INPUT_ATTRIBUTE) == inputID]
+        from CTExplainSlicerLib.nodes import outputNodes
 
-    def removeOutputs(self, inputVolumeNode, keep: Set[str] = frozenset()) -> None:
-        """Remove this input's outputs and their display/storage nodes (RemoveNode leaves those)."""
-        scene = slicer.mrmlScene
-        for node in self.outputNodes(inputVolumeNode):
-            if node.GetID() in keep:
-                continue
-            owned = []
-            if node.IsA("vtkMRMLDisplayableNode"):
-                owned += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-            if node.IsA("vtkMRMLStorableNode"):
-                owned.append(node.GetStorageNode())
-            for other in owned + [node]:
-                if other is not None and scene.IsNodePresent(other):
-                    scene.RemoveNode(other)
+        return outputNodes(inputVolumeNode)
 
-    def _addOutputs(self, inputVolumeNode, record: Dict[str, Any], heatMaps: Iterable[Tuple[str, np.ndarray]],
-                    labels: Optional[np.ndarray]) -> Dict[str, Any]:
-        """Nodes for one run, the same from both paths: ``record`` is result.json's shape (findings
-        with probabilities and anatomy, segments); arrays are (K, J, I) on the input's grid."""
-        from CTExplainLib.writing import label_array
+    def removeOutputs(self, inputVolumeNode) -> None:
+        """Remove this input's outputs and their display/storage nodes."""
+        from CTExplainSlicerLib.nodes import removeOutputs
 
-        scene, inputID, base = slicer.mrmlScene, inputVolumeNode.GetID(), inputVolumeNode.GetName()
-        ijkToRAS = ijkToRASArray(inputVolumeNode)  # outputs share the input's grid exactly
-        nodes: List[Any] = []
-
-        def tag(node):
-            node.SetAttribute(INPUT_ATTRIBUTE, inputID)
-            nodes.append(node)
-            return node
-
-        heatMapNodes: Dict[str, Any] = {}
-        for name, heat in heatMaps:
-            heatMapNodes[name] = tag(self._heatMapNode(heat, ijkToRAS, f"{base} CTExplain {name}"))
-
-        labelMap = segmentationNode = colorTable = None
-        if labels is not None:
-            segments = record.get("segments", [])
-            colorTable = tag(scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{base} CTExplain colors"))
-            colorTable.SetTypeToUser()  # names from the package, not the built-in "Labels" ("jake")
-            colorTable.SetNumberOfColors(max([int(s["label"]) for s in segments] + [0]) + 1)
-            colorTable.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-            for segment in segments:
-                colorTable.SetColor(int(segment["label"]), segment["name"], *[float(c) for c in segment["color"]], 1.0)
-            labelMap = tag(slicer.util.addVolumeFromArray(label_array(labels), ijkToRAS=ijkToRAS,  # uint8/16, never int64
-                                                          name=f"{base} CTExplain labels", nodeClassName="vtkMRMLLabelMapVolumeNode"))
-            labelMap.GetDisplayNode().SetAndObserveColorNodeID(colorTable.GetID())
-            segmentationNode = tag(scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{base} CTExplain segmentation"))
-            segmentationNode.CreateDefaultDisplayNodes()
-            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
-            if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelMap, segmentationNode):
-                raise RuntimeError(f"CTExplain: could not import the label map of {base} into a segmentation")
-
-        findings = record.get("findings", [])
-        probabilities = {f["name"]: float(f["probability"]) for f in findings}
-        anatomy = {f["name"]: f["anatomy"] for f in findings if f.get("anatomy") is not None}
-        table = tag(scene.AddNewNodeByClass("vtkMRMLTableNode", f"{base} CTExplain findings"))
-        self._fillTable(table, findings)
-        top = max(heatMapNodes, key=lambda n: probabilities[n]) if heatMapNodes else None
-        return {"input": inputVolumeNode, "heatMaps": heatMapNodes, "labelMap": labelMap, "segmentation": segmentationNode,
-                "colorTable": colorTable, "table": table, "probabilities": probabilities, "anatomy": anatomy,
-                "topFinding": top, "record": record, "nodes": nodes}
-
-    @staticmethod
-    def _heatMapNode(heat: np.ndarray, ijkToRAS: np.ndarray, name: str):
-        node = slicer.util.addVolumeFromArray(np.asarray(heat, dtype=np.float32), ijkToRAS=ijkToRAS, name=name,
-                                              nodeClassName="vtkMRMLScalarVolumeNode")
-        display = node.GetDisplayNode()
-        display.SetAndObserveColorNodeID(HEAT_MAP_COLOR_ID)
-        display.AutoWindowLevelOff()  # else any Modified() recomputes the window from percentiles
-        display.SetWindowLevelMinMax(0.0, 1.0)
-        return node
-
-    @staticmethod
-    def _fillTable(table, findings: Sequence[Dict[str, Any]], columns=None) -> None:
-        """The columns of ``CTExplainLib.findings_table`` (or ``columns`` of that form) as VTK arrays of ``table``."""
-        from CTExplainLib.findings_table import findings_table
-
-        for title, kind, values in columns if columns is not None else findings_table(findings):
-            column = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
-            for value in values:
-                column.InsertNextValue(value)
-            column.SetName(title)
-            table.AddColumn(column)
+        removeOutputs(inputVolumeNode)
 
     # -- display ----------------------------------------------------------------------------
     def showFinding(self, results: Dict[str, Any], name: str, opacity: Optional[float] = None) -> None:
@@ -787,50 +612,20 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
         classifiers, segmenters = model_choices()
         return classifiers or [("Default", "")], segmenters
 
-    # -- dependencies ---------------------------------------------------------------------
+    # -- dependencies (CTExplainSlicerLib.dependencies) -----------------------------------
     @staticmethod
     def missingDependencies(requirements=None) -> List[Any]:
         """The core's Python packages that are not installed (found without importing them)."""
-        from CTExplainLib import dependencies
+        from CTExplainSlicerLib.dependencies import missingDependencies
 
-        return dependencies.missing(dependencies.REQUIREMENTS if requirements is None else requirements)
+        return missingDependencies(requirements)
 
     def installDependencies(self, requirements=None) -> bool:
-        """Ask, then install what is missing: torch through the PyTorch extension's PyTorchUtils
-        when it is there (else pip), the rest with slicer.util.pip_install. True if all present."""
-        from CTExplainLib import dependencies
+        """Ask once (in testing mode: install without asking), then install what is missing. True
+        if all present, False if the user declined; raises if packages are still missing."""
+        from CTExplainSlicerLib.dependencies import installDependencies
 
-        missing = self.missingDependencies(requirements)
-        if not missing:
-            return True
-        names = ", ".join(r.name for r in missing)
-        if not slicer.util.confirmOkCancelDisplay(
-                f"CTExplain needs Python packages that are not installed: {names}.\n\n"
-                "Install them now? This downloads them and can take several minutes.", windowTitle="CTExplain"):
-            return False
-        torch, others = dependencies.split_torch(missing)
-        if torch is not None and not self._installTorch(torch):
-            return False
-        if others:
-            slicer.util.pip_install([r.pip for r in others])
-        still = self.missingDependencies(missing)
-        if still:
-            LOG.error("CTExplain: still missing after installation: %s", ", ".join(r.name for r in still))
-        return not still
-
-    @staticmethod
-    def _installTorch(requirement) -> bool:
-        from CTExplainLib.dependencies import version_specifier
-
-        try:
-            import PyTorchUtils  # the PyTorch extension (slicer-api.md section 6)
-        except ImportError:
-            slicer.util.pip_install([requirement.pip])
-            return True
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if torchLogic.torchInstalled():
-            return True
-        return torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=version_specifier(requirement)) is not None
+        return installDependencies(requirements)
 
 
 #
@@ -864,6 +659,26 @@ class CTExplainTest(ScriptedLoadableModuleTest):
         segmentation = results["segmentation"].GetSegmentation()
         segmentNames = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
         self.assertTrue(segmentNames and segmentNames <= packageNames, segmentNames)
+        self.delayDisplay("Test passed")
+
+    def test_transformed_input(self) -> None:
+        """Under a parent transform, the outputs follow the input; the label colour table is kept
+        for the scene's save (real MRML here, where the test suite has a stand-in)."""
+        from CTExplainLib.models_catalog import CHEST_SAMPLE, DEMO_CLASSIFIER, DEMO_SEGMENTER, resolve_package
+
+        inputNode = slicer.util.loadVolume(str(CHEST_SAMPLE.path))
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(0, 3, 25.0)
+        transform.SetMatrixTransformToParent(matrix)
+        inputNode.SetAndObserveTransformNodeID(transform.GetID())
+        results = CTExplainLogic().process(inputNode, classifier=str(resolve_package(DEMO_CLASSIFIER)),
+                                           segmenter=str(resolve_package(DEMO_SEGMENTER)))
+        for node in list(results["heatMaps"].values()) + [results["labelMap"], results["segmentation"]]:
+            self.assertEqual(node.GetTransformNodeID(), transform.GetID(), node.GetName())
+        self.assertEqual(results["colorTable"].GetHideFromEditors(), 0)
+        self.assertNotIn(inputNode.GetID(), CTExplainLogic.hiddenInputIDs())
+        self.assertTrue(set(n.GetID() for n in results["heatMaps"].values()) <= set(CTExplainLogic.hiddenInputIDs()))
         self.delayDisplay("Test passed")
 
     def test_background_run(self) -> None:

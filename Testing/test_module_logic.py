@@ -459,35 +459,50 @@ def missing_torch_and_monai(monkeypatch):
     monkeypatch.setattr(dependencies, "is_installed", lambda module, find_spec=None: module not in ("torch", "monai"))
 
 
-def test_install_asks_first_then_uses_pip(env, missing_torch_and_monai, monkeypatch, caplog):
+# torch through light-the-torch (as PyTorchUtils installs it) but without torchvision.
+LTT = ["light-the-torch>=0.5", ("-m", "light_the_torch", ["install", "torch>=2.1"])]
+
+
+def test_install_in_testing_mode_installs_without_asking_and_fails_loudly(env, missing_torch_and_monai, monkeypatch):
+    """Under --testing confirmOkCancelDisplay answers False (slicer-api.md section 1): asking
+    would silently install nothing. The module installs without asking (as PyTorchUtils does in
+    testing mode) and, as the stand-in's pip installs nothing, says what is still missing."""
     slicer, module = env
     monkeypatch.setattr(slicer.app, "pipRequests", [])
     asked = []
-    original = slicer.util.confirmOkCancelDisplay
-    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: asked.append(text) or original(text, **kw))
-    # Testing mode: the dialog answers OK (slicer-api.md section 1); no PyTorch extension: pip for torch too.
-    assert module.CTExplainLogic().installDependencies() is False  # the stand-in's pip installs nothing
-    assert len(asked) == 1 and "torch" in asked[0] and "monai" in asked[0]
-    assert slicer.app.pipRequests == [["torch>=2.1"], ["monai>=1.4"]]
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: asked.append(text) or False)
+    with pytest.raises(Exception, match=r"still missing after installation: torch>=2\.1, monai>=1\.4"):
+        module.CTExplainLogic().installDependencies()
+    assert asked == []
+    assert slicer.app.pipRequests == LTT + [["monai>=1.4"]]
 
 
-def test_install_uses_pytorchutils_when_present(env, missing_torch_and_monai, monkeypatch):
+def test_install_asks_once_and_never_lets_pytorchutils_ask_again_or_add_torchvision(
+        env, missing_torch_and_monai, monkeypatch):
+    """PyTorchUtilsLogic.installTorch asks a second time and always adds torchvision: it is not
+    called; torch comes from light-the-torch alone after the module's one question."""
     slicer, module = env
     monkeypatch.setattr(slicer.app, "pipRequests", [])
+    monkeypatch.setattr(slicer.app.commandOptions(), "testingEnabled", False)
+    asked = []
+    monkeypatch.setattr(slicer.app, "dialogResponder", lambda kind, text: asked.append(kind) or True)
     calls = []
 
     class PyTorchUtilsLogic:
         def torchInstalled(self):
             return False
 
-        def installTorch(self, askConfirmation=False, torchVersionRequirement=None):
-            calls.append((askConfirmation, torchVersionRequirement))
-            return object()  # the torch module
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
+                         torchvisionVersionRequirement=None):
+            calls.append(askConfirmation)
+            return object()
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
-    module.CTExplainLogic().installDependencies()
-    assert calls == [(True, ">=2.1")]
-    assert slicer.app.pipRequests == [["monai>=1.4"]]
+    with pytest.raises(Exception, match="still missing"):  # the stand-in installs nothing
+        module.CTExplainLogic().installDependencies()
+    assert asked == ["confirmOkCancelDisplay"] and calls == []
+    assert slicer.app.pipRequests == LTT + [["monai>=1.4"]]
+    assert "torchvision" not in repr(slicer.app.pipRequests)
 
 
 def test_install_declined_installs_nothing(env, missing_torch_and_monai, monkeypatch):

@@ -1,16 +1,20 @@
 """The findings table the Slicer module shows: its columns, from the findings of ``result.json``."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 TableColumn = Tuple[str, str, List[Any]]  # (title, "string" or "double", one value per finding)
+PointMap = Callable[[Tuple[float, float, float]], Sequence[float]]
 
 
-def findings_table(findings: Sequence[Dict[str, Any]]) -> List[TableColumn]:
+def findings_table(findings: Sequence[Dict[str, Any]], peak_ras_to_shown: Optional[PointMap] = None) -> List[TableColumn]:
     """One row per finding: name, probability, where its map lies, and the share of its CAM
     energy in each region ("CAM in <segment>", "CAM in background", "CAM in outside_body";
     NaN where a finding has no share for a region), and where any finding's map was measured
-    for faithfulness, its verdict and score (empty / NaN for the others)."""
+    for faithfulness, its verdict and score (empty / NaN for the others).
+
+    ``peak_ras_to_shown`` maps the peak's RAS on the input's own grid to the RAS it is shown at
+    (in Slicer: through the input's parent transforms, to world coordinates); None keeps it."""
     regions: List[str] = []
     for finding in findings:
         for region in (finding.get("anatomy") or {}).get("energy_by_segment", {}):
@@ -25,7 +29,10 @@ def findings_table(findings: Sequence[Dict[str, Any]]) -> List[TableColumn]:
     for finding in findings:
         stats = finding.get("anatomy") or {}
         lps = stats.get("peak_lps")
-        peak = "" if lps is None else "%.1f, %.1f, %.1f" % (-lps[0], -lps[1], lps[2])  # LPS -> RAS
+        ras = None if lps is None else (-float(lps[0]), -float(lps[1]), float(lps[2]))  # LPS -> RAS
+        if ras is not None and peak_ras_to_shown is not None:
+            ras = tuple(peak_ras_to_shown(ras))
+        peak = "" if ras is None else "%.1f, %.1f, %.1f" % tuple(ras)
         energy = stats.get("energy_by_segment", {})
         values = [finding["name"], float(finding["probability"]), stats.get("dominant_segment") or "",
                   stats.get("peak_segment") or "", peak] + [float(energy.get(region, float("nan"))) for region in regions]

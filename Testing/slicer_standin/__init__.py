@@ -20,10 +20,15 @@ Known limits (not reproduced, or reproduced by inference):
 - No Qt: ``loadUI`` raises StandInLimitation for an existing file, module widgets cannot run
   their template ``setup()``, ``widgetRepresentation()`` is None, ``qt``/``ctk`` are placeholders.
 - No ``slicer.parameterNodeWrapper`` (section 2 allows skipping it), no DICOM database /
-  ``DICOMLib`` (section 4), no transform nodes (parent transforms are ignored with a warning).
-- ``pip_install`` only records its argument in ``slicer.app.pipRequests``.
+  ``DICOMLib`` (section 4). Parent transforms are linear only (vtkMRMLLinearTransformNode);
+  nothing is rendered, so "shown where" means world coordinates (GetRASBounds, ...World).
+- Scenes are saved and loaded as .mrb bundles only, with hidden storable nodes' data skipped
+  (``scene_io``); point lists are the Markups "Fiducial" type only (``mrml_markups``).
+- ``pip_install`` (and ``_executePythonModule``) only record their arguments in
+  ``slicer.app.pipRequests``.
 - Outside testing mode a confirmation dialog raises ModalDialogWouldBlock (Slicer would block)
-  unless ``slicer.app.dialogResponder(kind, text)`` is set.
+  unless ``slicer.app.dialogResponder(kind, text)`` is set. In testing mode
+  ``confirmOkCancelDisplay``/``confirmYesNoDisplay`` answer False, as Slicer's do.
 - Behaves as Slicer 5.8+ with VTK >= 9.4: left-handed files are flipped on load, the 5.12
   SetAndObserveImageData warning is on, int8 maps to VTK_SIGNED_CHAR.
 - Colour table RGB values of file-based tables are approximations; GenericColors names are the
@@ -45,6 +50,7 @@ import vtk as _vtk
 
 from . import app as _app
 from . import errors, geometry, gui, mrml_colors, mrml_core, mrml_misc, mrml_volumes, segmentations  # noqa: F401
+from . import mrml_markups, mrml_transforms, scene_io  # noqa: F401
 from . import fileio as _fileio
 from .errors import ModalDialogWouldBlock, StandInLimitation
 
@@ -72,6 +78,7 @@ _EXPORTED_CLASSES = [
     mrml_volumes.vtkMRMLTensorVolumeNode, mrml_colors.vtkMRMLColorNode,
     segmentations.vtkSegment, segmentations.vtkSegmentation, segmentations.vtkOrientedImageData,
     segmentations.vtkSlicerSegmentationsModuleLogic, _fileio.vtkMRMLMessageCollection, gui.qMRMLWidget,
+    mrml_markups.vtkMRMLMarkupsNode, mrml_transforms.vtkSlicerTransformLogic,
 ]
 
 

@@ -18,6 +18,13 @@ from vtk.util import numpy_support
 
 from . import geometry
 from .mrml_core import vtkMRMLScene
+from .mrml_markups import (
+    read_markups_json,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsFiducialStorageNode,
+    vtkMRMLMarkupsNode,
+    write_markups_json,
+)
 from .mrml_misc import vtkMRMLTableNode, vtkMRMLTableStorageNode
 from .mrml_volumes import (
     vtkMRMLLabelMapVolumeDisplayNode,
@@ -46,6 +53,8 @@ VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"
                      ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".vtk", ".gipl", ".gipl.gz", ".mgz")
 SEGMENTATION_EXTENSIONS = (".seg.nrrd", ".seg.nhdr")
 TABLE_EXTENSIONS = (".csv", ".tsv")
+MARKUPS_EXTENSIONS = (".mrk.json",)
+SCENE_EXTENSIONS = (".mrb",)
 
 
 class vtkMRMLMessageCollection(vtk.vtkObject):
@@ -175,6 +184,10 @@ class qSlicerCoreIOManager:
     # -- file types -----------------------------------------------------------------------
     def fileType(self, fileName) -> str:
         name = str(fileName).lower()
+        if name.endswith(SCENE_EXTENSIONS):
+            return "SceneFile"
+        if name.endswith(MARKUPS_EXTENSIONS):
+            return "MarkupsFile"
         if name.endswith(SEGMENTATION_EXTENSIONS):
             return "SegmentationFile"
         if name.endswith(TABLE_EXTENSIONS):
@@ -190,6 +203,8 @@ class qSlicerCoreIOManager:
             return "SegmentationFile"
         if isinstance(node, vtkMRMLTableNode):
             return "TableFile"
+        if isinstance(node, vtkMRMLMarkupsNode):
+            return "MarkupsFile"
         return "NoFile"
 
     # -- loading --------------------------------------------------------------------------
@@ -198,7 +213,7 @@ class qSlicerCoreIOManager:
         messages = userMessages if userMessages is not None else vtkMRMLMessageCollection()
         fileName = properties.get("fileName")
         loaders = {"VolumeFile": self._loadVolume, "SegmentationFile": self._loadSegmentation,
-                   "TableFile": self._loadTable}
+                   "TableFile": self._loadTable, "MarkupsFile": self._loadMarkups, "SceneFile": self._loadScene}
         loader = loaders.get(fileType)
         if loader is None:
             messages.AddMessage(vtk.vtkCommand.ErrorEvent, "No reader found for file type '%s'" % fileType)
@@ -213,7 +228,7 @@ class qSlicerCoreIOManager:
             messages.AddMessage(vtk.vtkCommand.ErrorEvent, "Failed to read %s: %s" % (fileName, error))
             logger.error("Failed to read %s: %s", fileName, error)
             return False
-        if loadedNodes is not None:
+        if loadedNodes is not None and node is not None:
             loadedNodes.AddItem(node)
         return True
 
@@ -307,7 +322,8 @@ class qSlicerCoreIOManager:
             raise RuntimeError("labelmap import failed")
         return segmentation
 
-    def _readSegNrrd(self, image: sitk.Image, keys, segmentation: vtkMRMLSegmentationNode, logic) -> None:
+    @staticmethod
+    def _readSegNrrd(image: sitk.Image, keys, segmentation: vtkMRMLSegmentationNode, logic) -> None:
         """A .seg.nrrd: one segment per ``Segment<i>_*`` header group (layer = component)."""
         array, ijkToRAS = image_to_array_and_ijk_to_ras(image)
         if array.ndim == 3:
@@ -339,24 +355,34 @@ class qSlicerCoreIOManager:
 
     def _loadTable(self, fileName: str, properties: dict) -> vtkMRMLTableNode:
         scene = self._scene
-        delimiter = "\t" if fileName.lower().endswith(".tsv") else ","
-        with open(fileName, newline="") as handle:
-            rows = list(csv.reader(handle, delimiter=delimiter))
         table = vtkMRMLTableNode()
         table.SetName(scene.GetUniqueNameByString(properties.get("name") or name_without_extension(fileName, TABLE_EXTENSIONS)))
         scene.AddNode(table)
-        header, body = (rows[0], rows[1:]) if rows else ([], [])
-        for col, title in enumerate(header):
-            column = vtk.vtkStringArray()
-            column.SetName(title)
-            for row in body:
-                column.InsertNextValue(row[col] if col < len(row) else "")
-            table.AddColumn(column)
+        read_table(table, fileName)
         storage = vtkMRMLTableStorageNode()
         storage.SetFileName(fileName)
         scene.AddNode(storage)
         table.SetAndObserveStorageNodeID(storage.GetID())
         return table
+
+    def _loadMarkups(self, fileName: str, properties: dict):
+        scene = self._scene
+        node = vtkMRMLMarkupsFiducialNode()
+        node.SetName(scene.GetUniqueNameByString(properties.get("name") or name_without_extension(fileName, MARKUPS_EXTENSIONS)))
+        read_markups_json(node, fileName)
+        storage = vtkMRMLMarkupsFiducialStorageNode()
+        storage.SetFileName(fileName)
+        scene.AddNode(storage)
+        scene.AddNode(node)
+        node.SetAndObserveStorageNodeID(storage.GetID())
+        node.CreateDefaultDisplayNodes()
+        return node
+
+    def _loadScene(self, fileName: str, properties: dict):
+        from .scene_io import load_scene_bundle
+
+        load_scene_bundle(self._scene, fileName, self._app.temporaryPath)
+        return None
 
     # -- saving ---------------------------------------------------------------------------
     def saveNodes(self, fileType: str, properties: dict, userMessages: Optional[vtkMRMLMessageCollection] = None) -> bool:
@@ -365,8 +391,13 @@ class qSlicerCoreIOManager:
         node = self._scene.GetNodeByID(properties.get("nodeID"))
         fileName = properties.get("fileName")
         writers = {"VolumeFile": self._saveVolume, "SegmentationFile": self._saveSegmentation,
-                   "TableFile": self._saveTable}
+                   "TableFile": self._saveTable, "MarkupsFile": self._saveMarkups}
         try:
+            if fileType == "SceneFile":
+                from .scene_io import save_scene_bundle
+
+                save_scene_bundle(self._scene, str(fileName), self)
+                return True
             if node is None:
                 raise RuntimeError("node %s is not in the scene" % properties.get("nodeID"))
             if fileType not in writers:
@@ -451,3 +482,31 @@ class qSlicerCoreIOManager:
             for r in range(node.GetNumberOfRows()):
                 writer.writerow([node.GetCellText(r, c) for c in range(node.GetNumberOfColumns())])
         self._updateStorage(node, fileName, vtkMRMLTableStorageNode)
+
+    def _saveMarkups(self, node, fileName: str, properties: dict) -> None:
+        if not isinstance(node, vtkMRMLMarkupsNode) or not fileName.lower().endswith(MARKUPS_EXTENSIONS):
+            raise RuntimeError("markups are written as .mrk.json")
+        write_markups_json(node, fileName)
+        self._updateStorage(node, fileName, vtkMRMLMarkupsFiducialStorageNode)
+
+
+def read_table(table: vtkMRMLTableNode, fileName: str) -> None:
+    """Columns of a .csv/.tsv into ``table``, all as string columns."""
+    delimiter = "\t" if fileName.lower().endswith(".tsv") else ","
+    with open(fileName, newline="") as handle:
+        rows = list(csv.reader(handle, delimiter=delimiter))
+    header, body = (rows[0], rows[1:]) if rows else ([], [])
+    for col, title in enumerate(header):
+        column = vtk.vtkStringArray()
+        column.SetName(title)
+        for row in body:
+            column.InsertNextValue(row[col] if col < len(row) else "")
+        table.AddColumn(column)
+
+
+def read_volume_into(node: vtkMRMLVolumeNode, fileName: str) -> None:
+    """Voxels and IJK-to-RAS of a volume file into an existing node (a scene's storage read)."""
+    array, ijkToRAS = image_to_array_and_ijk_to_ras(read_image(fileName, singleFile=True))
+    array, ijkToRAS = geometry.right_handed(array, ijkToRAS)
+    node.SetIJKToRASMatrix(_vtk_matrix(ijkToRAS))
+    node.SetAndObserveImageData(new_image_data(np.ascontiguousarray(array)))

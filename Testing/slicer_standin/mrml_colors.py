@@ -32,6 +32,9 @@ class vtkMRMLColorNode(vtkMRMLStorableNode):
 
     def __init__(self) -> None:
         super().__init__()
+        # vtkMRMLColorNode sets HideFromEditors = 1: a table made by code stays hidden (and is
+        # not saved with the scene) until HideFromEditorsOff() (slicer-api.md MUST item 12).
+        self._hideFromEditors = 1
         self._type = -1
         self._names: List[str] = []
         self._namesInitialised = 0
@@ -74,11 +77,12 @@ class vtkMRMLColorNode(vtkMRMLStorableNode):
     def SetNamesInitialised(self, value: int) -> None:
         self._namesInitialised = int(bool(value))
 
-    def GetColorName(self, index: int) -> Optional[str]:
-        """The entry's name; None outside the table (slicer-api.md is silent on that case)."""
+    def GetColorName(self, index: int) -> str:
+        """The entry's name; "" (not None) for a value the table has no entry for (slicer-api.md
+        section 2, "Segment name")."""
         if 0 <= index < len(self._names):
             return self._names[index]
-        return None
+        return ""
 
     def GetColorIndexByName(self, name: str) -> int:
         try:

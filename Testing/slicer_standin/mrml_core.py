@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Dict, Iterable, List, Optional
 
+import numpy as np
 import vtk
 
 logger = logging.getLogger("slicer_standin")
@@ -60,6 +61,10 @@ class vtkMRMLNode(vtk.vtkObject):
 
     def GetNodeTagName(self) -> str:
         return type(self)._tag
+
+    def GetDefaultNodeNamePrefix(self) -> str:
+        """What a nameless node is named after when added (the tag; markups say "F", ...)."""
+        return self.GetNodeTagName()
 
     def CreateNodeInstance(self) -> "vtkMRMLNode":
         return type(self)()
@@ -332,7 +337,13 @@ class vtkMRMLStorableNode(vtkMRMLNode):
 
 
 class vtkMRMLTransformableNode(vtkMRMLStorableNode):
-    """Transforms are not modelled: GetParentTransformNode() is None unless a node was set."""
+    """A node that may sit under a transform node (slicer-api.md sections 2 "Parent transforms"
+    and MUST item 11).
+
+    Its own coordinates (IJK-to-RAS, control points, ...) are *local*; world = the chain of parent
+    transforms applied to local. Only linear transforms are modelled (vtkMRMLLinearTransformNode);
+    the world matrix is the product of each ancestor's matrix-to-parent, innermost last.
+    """
 
     TransformModifiedEvent = 15000
 
@@ -343,8 +354,62 @@ class vtkMRMLTransformableNode(vtkMRMLStorableNode):
         return self.GetNodeReferenceID("transform")
 
     def SetAndObserveTransformNodeID(self, nodeID: Optional[str]) -> bool:
+        """False (and nothing changes) if that would make a node its own ancestor."""
+        if nodeID and self._scene is not None:
+            ancestor = self._scene.GetNodeByID(nodeID)
+            while ancestor is not None:
+                if ancestor is self:
+                    logger.error("SetAndObserveTransformNodeID: a transform cannot be its own parent")
+                    return False
+                ancestor = ancestor.GetParentTransformNode() if isinstance(ancestor, vtkMRMLTransformableNode) else None
         self.SetNodeReferenceID("transform", nodeID)
+        self.InvokeEvent(self.TransformModifiedEvent)
         return True
+
+    def _toWorld(self) -> np.ndarray:
+        """4x4 local -> world of this node (identity without a parent transform)."""
+        parent = self.GetParentTransformNode()
+        if parent is None:
+            return np.eye(4)
+        return parent._transformToWorld()
+
+    def TransformPointToWorld(self, inLocal, outWorld=None):
+        """Fills ``outWorld`` (3 values) from a local point; without it, returns the world point."""
+        world = (self._toWorld() @ np.append(np.asarray(inLocal, dtype=float)[:3], 1.0))[:3]
+        if outWorld is None:
+            return tuple(float(v) for v in world)
+        for i in range(3):
+            outWorld[i] = float(world[i])
+        return None
+
+    def TransformPointFromWorld(self, inWorld, outLocal=None):
+        local = (np.linalg.inv(self._toWorld()) @ np.append(np.asarray(inWorld, dtype=float)[:3], 1.0))[:3]
+        if outLocal is None:
+            return tuple(float(v) for v in local)
+        for i in range(3):
+            outLocal[i] = float(local[i])
+        return None
+
+    def CanApplyNonLinearTransforms(self) -> bool:
+        return False
+
+    def ApplyTransformMatrix(self, matrix: vtk.vtkMatrix4x4) -> None:
+        """Moves the node's own (local) coordinates by ``matrix``; subclasses implement it."""
+        raise NotImplementedError("%s: ApplyTransformMatrix is not modelled by the stand-in" % self.GetClassName())
+
+    def HardenTransform(self) -> None:
+        """Bakes the parent transforms into the node's own coordinates and detaches it, so that
+        world positions stay where they were."""
+        if self.GetParentTransformNode() is None:
+            return
+        toWorld = vtk.vtkMatrix4x4()
+        toWorld.DeepCopy(self._toWorld().ravel())
+        self.ApplyTransformMatrix(toWorld)
+        self.SetAndObserveTransformNodeID(None)
+
+
+def matrix_of(m: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
 class vtkMRMLDisplayableNode(vtkMRMLTransformableNode):
@@ -381,6 +446,20 @@ class vtkMRMLDisplayableNode(vtkMRMLTransformableNode):
 
     def CreateDefaultDisplayNodes(self) -> None:
         pass
+
+    def _addDefaultDisplayNode(self, displayClass: type) -> None:
+        """What each CreateDefaultDisplayNodes does: idempotent, needs a scene (section 2); the
+        display node's default colour map is set when it has one."""
+        if isinstance(self.GetDisplayNode(), displayClass):
+            return
+        if self.GetScene() is None:
+            logger.error("%s::CreateDefaultDisplayNodes failed: scene is invalid", self.GetClassName())
+            return
+        display = displayClass()
+        if hasattr(display, "SetDefaultColorMap"):
+            display.SetDefaultColorMap()
+        self.GetScene().AddNode(display)
+        self.SetAndObserveDisplayNodeID(display.GetID())
 
     def SetDisplayVisibility(self, visible: int) -> None:
         for i in range(self.GetNumberOfDisplayNodes()):
@@ -564,7 +643,7 @@ class vtkMRMLScene(vtk.vtkObject):
                 return existing
         self.InvokeEvent(self.NodeAboutToBeAddedEvent, node)
         if not node.GetName():
-            node.SetName(self.GenerateUniqueName(node.GetNodeTagName()))
+            node.SetName(self.GenerateUniqueName(node.GetDefaultNodeNamePrefix()))
         if not node.GetID() or node.GetID() in self._byID:
             node._id = self._generateUniqueID(node)
         node.SetScene(self)

@@ -154,19 +154,35 @@ class vtkMRMLVolumeNode(vtkMRMLDisplayableNode):
         """Spacing, origin and directions only: no voxels, no dimensions."""
         self._setGeometry(node._spacing.copy(), node._dirs.copy(), node._origin.copy())
 
-    def GetRASBounds(self, bounds) -> None:
+    def _bounds(self, bounds, toWorld: bool) -> None:
         if self._imageData is None:
             for i, v in enumerate((1.0, -1.0, 1.0, -1.0, 1.0, -1.0)):
                 bounds[i] = v
             return
         dims = self._imageData.GetDimensions()
         m = self._ijkToRAS()
+        if toWorld:
+            m = self._toWorld() @ m
         corners = np.array([[i, j, k, 1.0] for i in (-0.5, dims[0] - 0.5) for j in (-0.5, dims[1] - 0.5)
                             for k in (-0.5, dims[2] - 0.5)])
         ras = (m @ corners.T).T[:, :3]
         lo, hi = ras.min(axis=0), ras.max(axis=0)
         for i in range(3):
             bounds[2 * i], bounds[2 * i + 1] = float(lo[i]), float(hi[i])
+
+    def GetRASBounds(self, bounds) -> None:
+        """Voxel-corner bounds in *world* RAS (after the parent transforms), as shown."""
+        self._bounds(bounds, toWorld=True)
+
+    def GetBounds(self, bounds) -> None:
+        """Voxel-corner bounds in the node's local RAS (no parent transform)."""
+        self._bounds(bounds, toWorld=False)
+
+    def ApplyTransformMatrix(self, matrix: vtk.vtkMatrix4x4) -> None:
+        """IJK-to-RAS becomes matrix . IJK-to-RAS (what hardening a linear transform does)."""
+        m = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]) @ self._ijkToRAS()
+        spacing = np.linalg.norm(m[:3, :3], axis=0)
+        self._setGeometry(spacing, m[:3, :3] / spacing[np.newaxis, :], m[:3, 3].copy())
 
     def ReverseSliceOrder(self) -> None:
         """Reverses the voxels along K and sets IJKToRAS = old . Translate(0, 0, K-1) . Scale(1, 1, -1),
@@ -233,15 +249,7 @@ class vtkMRMLScalarVolumeNode(vtkMRMLVolumeNode):
 
     def CreateDefaultDisplayNodes(self) -> None:
         """Grey scalar display node; idempotent; needs a scene (section 2)."""
-        if isinstance(self.GetDisplayNode(), vtkMRMLScalarVolumeDisplayNode):
-            return
-        if self.GetScene() is None:
-            logger.error("vtkMRMLScalarVolumeNode::CreateDefaultDisplayNodes failed: scene is invalid")
-            return
-        display = vtkMRMLScalarVolumeDisplayNode()
-        display.SetDefaultColorMap()
-        self.GetScene().AddNode(display)
-        self.SetAndObserveDisplayNodeID(display.GetID())
+        self._addDefaultDisplayNode(vtkMRMLScalarVolumeDisplayNode)
 
 
 @register_node_class
@@ -251,15 +259,7 @@ class vtkMRMLLabelMapVolumeNode(vtkMRMLScalarVolumeNode):
     _tag = "LabelMapVolume"
 
     def CreateDefaultDisplayNodes(self) -> None:
-        if isinstance(self.GetDisplayNode(), vtkMRMLLabelMapVolumeDisplayNode):
-            return
-        if self.GetScene() is None:
-            logger.error("vtkMRMLLabelMapVolumeNode::CreateDefaultDisplayNodes failed: scene is invalid")
-            return
-        display = vtkMRMLLabelMapVolumeDisplayNode()
-        display.SetDefaultColorMap()
-        self.GetScene().AddNode(display)
-        self.SetAndObserveDisplayNodeID(display.GetID())
+        self._addDefaultDisplayNode(vtkMRMLLabelMapVolumeDisplayNode)
 
 
 class vtkMRMLTensorVolumeNode(vtkMRMLScalarVolumeNode):
@@ -271,14 +271,7 @@ class vtkMRMLVectorVolumeNode(vtkMRMLTensorVolumeNode):
     _tag = "VectorVolume"
 
     def CreateDefaultDisplayNodes(self) -> None:
-        if isinstance(self.GetDisplayNode(), vtkMRMLVectorVolumeDisplayNode):
-            return
-        if self.GetScene() is None:
-            logger.error("vtkMRMLVectorVolumeNode::CreateDefaultDisplayNodes failed: scene is invalid")
-            return
-        display = vtkMRMLVectorVolumeDisplayNode()
-        self.GetScene().AddNode(display)
-        self.SetAndObserveDisplayNodeID(display.GetID())
+        self._addDefaultDisplayNode(vtkMRMLVectorVolumeDisplayNode)
 
 
 @register_node_class

@@ -2,7 +2,9 @@
 
 Segments keep a shared "Binary labelmap": one vtkOrientedImageData holding the imported label
 values, clipped to the effective (non-zero) extent as Slicer's import does; a segment's binary
-mask is ``labelmap == segment.GetLabelValue()``. Parent transforms are not modelled.
+mask is ``labelmap == segment.GetLabelValue()``. Segment geometry is in the segmentation node's
+local coordinates: importing goes labelmap local -> world -> segmentation local through both
+nodes' parent transforms (linear only), as Slicer's import does.
 """
 from __future__ import annotations
 
@@ -330,21 +332,17 @@ class vtkMRMLSegmentationNode(vtkMRMLDisplayableNode):
         self.Modified()
 
     def CreateDefaultDisplayNodes(self) -> None:
-        if isinstance(self.GetDisplayNode(), vtkMRMLSegmentationDisplayNode):
-            return
-        if self.GetScene() is None:
-            logger.error("vtkMRMLSegmentationNode::CreateDefaultDisplayNodes failed: scene is invalid")
-            return
-        display = vtkMRMLSegmentationDisplayNode()
-        self.GetScene().AddNode(display)
-        self.SetAndObserveDisplayNodeID(display.GetID())
+        self._addDefaultDisplayNode(vtkMRMLSegmentationDisplayNode)
 
     def SetReferenceImageGeometryParameterFromVolumeNode(self, volumeNode) -> None:
+        """The volume's grid, expressed in this node's local coordinates (the two nodes' parent
+        transforms are compared, as vtkMRMLSegmentationNode does)."""
         if volumeNode is None or volumeNode.GetImageData() is None:
             return
         m = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(m)
-        matrix = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+        matrix = np.linalg.inv(self._toWorld()) @ volumeNode._toWorld() @ np.array(
+            [[m.GetElement(r, c) for c in range(4)] for r in range(4)])
         self._referenceGeometry = (matrix, volumeNode.GetImageData().GetDimensions())
         self.SetNodeReferenceID("referenceImageGeometryRef", volumeNode.GetID())
 
@@ -408,8 +406,9 @@ class vtkSlicerSegmentationsModuleLogic(vtk.vtkObject):
 
     def ImportLabelmapToSegmentationNode(self, labelmapNode, segmentationNode, insertBeforeOrUpdatedIDs="",
                                          userMessages=None) -> bool:
-        """One segment per non-zero label, named from the colour table, else the node name (one
-        label, no colour table), else ``Label_<v>``; random IDs; float labelmaps are cast with a
+        """One segment per non-zero label, named from the colour table (an *empty* name for a
+        value the table lacks), else the node name (one label, no colour table), else
+        ``Label_<v>`` (no colour table); random IDs; float labelmaps are cast with a
         warning (slicer-api.md section 2 and MUST item 8).
 
         The third argument is ``insertBeforeSegmentId`` (str) or ``updatedSegmentIDs``
@@ -427,12 +426,11 @@ class vtkSlicerSegmentationsModuleLogic(vtk.vtkObject):
         if labelmapNode is None or labelmapNode.GetImageData() is None:
             logger.error("ImportLabelmapToSegmentationNode: Invalid labelmap volume node")
             return False
-        if labelmapNode.GetParentTransformNode() is not None or segmentationNode.GetParentTransformNode() is not None:
-            logger.warning("slicer_standin: parent transforms are not modelled; importing in local coordinates")
-
         ijkToRAS = vtk.vtkMatrix4x4()
         labelmapNode.GetIJKToRASMatrix(ijkToRAS)
-        matrix = np.array([[ijkToRAS.GetElement(r, c) for c in range(4)] for r in range(4)])
+        # Labelmap local -> world -> segmentation local (slicer-api.md "Parent transforms").
+        matrix = np.linalg.inv(segmentationNode._toWorld()) @ labelmapNode._toWorld() @ np.array(
+            [[ijkToRAS.GetElement(r, c) for c in range(4)] for r in range(4)])
 
         colorTable = None
         display = labelmapNode.GetDisplayNode()
@@ -472,14 +470,15 @@ class vtkSlicerSegmentationsModuleLogic(vtk.vtkObject):
         segmentation = segmentationNode.GetSegmentation()
         wasModifying = segmentationNode.StartModify()
         for index, label in enumerate(labels):
-            name = None
             color = list(vtkSegment.SEGMENT_COLOR_INVALID) + [1.0]
             if colorTable is not None:
-                name = colorTable.GetColorName(label) or None
+                # GetColorName gives "" (not NULL) for a value the table lacks, so Slicer's
+                # Label_<v> fallback is never reached: the segment's name is empty.
+                name = colorTable.GetColorName(label)
                 colorTable.GetColor(label, color)
             elif len(labels) == 1:
                 name = labelmapNode.GetName()
-            if not name:
+            else:
                 name = "Label_%d" % label
             segmentId = updatedIDs[index] if updatedIDs is not None and index < len(updatedIDs) else ""
             segment = segmentation.GetSegment(segmentId) if segmentId else None

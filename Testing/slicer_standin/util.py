@@ -190,6 +190,25 @@ def loadTable(filename):
     return loadNodeFromFile(filename, "TableFile")
 
 
+def loadMarkups(filename):
+    """A point list from a .mrk.json file."""
+    return loadNodeFromFile(filename, "MarkupsFile")
+
+
+def loadScene(filename, properties={}):  # noqa: B006
+    """Adds a saved scene (.mrb) to the current scene; returns None, raises on failure."""
+    return loadNodeFromFile(filename, "SceneFile", properties)
+
+
+def saveScene(filename, properties={}):  # noqa: B006
+    """Saves the whole scene as a .mrb bundle; False on failure. Hidden storable nodes (e.g. a
+    colour table left HideFromEditors) are written without their data (see scene_io)."""
+    import slicer
+
+    properties["fileName"] = str(filename)
+    return slicer.app.coreIOManager().saveNodes("SceneFile", properties)
+
+
 def saveNode(node, filename, properties={}):  # noqa: B006
     """Returns False on a failed write instead of raising (section 1)."""
     import slicer
@@ -457,10 +476,52 @@ def arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeN
     if referenceVolumeNode is not None:
         m = vtk.vtkMatrix4x4()
         referenceVolumeNode.GetIJKToRASMatrix(m)
-        ref = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+        # The reference grid in the segmentation's local coordinates, through both parent transforms.
+        ref = np.linalg.inv(segmentationNode._toWorld()) @ referenceVolumeNode._toWorld() @ np.array(
+            [[m.GetElement(r, c) for c in range(4)] for r in range(4)])
         return resample_mask_to_reference(vimage, ref, referenceVolumeNode.GetImageData().GetDimensions())
     nshape = tuple(reversed(vimage.GetDimensions()))
     return vtk.util.numpy_support.vtk_to_numpy(vimage.GetPointData().GetScalars()).reshape(nshape).copy()
+
+
+def arrayFromMarkupsControlPoints(markupsNode, world=False):
+    """An N x 3 copy of the control point positions (local RAS, or world with ``world=True``)."""
+    numberOfControlPoints = markupsNode.GetNumberOfControlPoints()
+    narray = np.zeros([numberOfControlPoints, 3])
+    for controlPointIndex in range(numberOfControlPoints):
+        if world:
+            markupsNode.GetNthControlPointPositionWorld(controlPointIndex, narray[controlPointIndex, :])
+        else:
+            markupsNode.GetNthControlPointPosition(controlPointIndex, narray[controlPointIndex, :])
+    return narray
+
+
+def updateMarkupsControlPointsFromArray(markupsNode, narray, world=False):
+    """Sets the control points from an N x 3 array: moves, adds or removes points as needed."""
+    narrayshape = narray.shape
+    if narrayshape == (0,):
+        markupsNode.RemoveAllControlPoints()
+        return
+    if len(narrayshape) != 2 or narrayshape[1] != 3:
+        raise RuntimeError("Unsupported numpy array shape: " + str(narrayshape) + " expected (N,3)")
+    numberOfControlPoints = narrayshape[0]
+    oldNumberOfControlPoints = markupsNode.GetNumberOfControlPoints()
+    wasModify = markupsNode.StartModify()
+    for controlPointIndex in range(min(numberOfControlPoints, oldNumberOfControlPoints)):
+        if world:
+            markupsNode.SetNthControlPointPositionWorld(controlPointIndex, narray[controlPointIndex, :])
+        else:
+            markupsNode.SetNthControlPointPosition(controlPointIndex, narray[controlPointIndex, :])
+    if numberOfControlPoints >= oldNumberOfControlPoints:
+        for controlPointIndex in range(oldNumberOfControlPoints, numberOfControlPoints):
+            if world:
+                markupsNode.AddControlPointWorld(vtk.vtkVector3d(narray[controlPointIndex, :]))
+            else:
+                markupsNode.AddControlPoint(vtk.vtkVector3d(narray[controlPointIndex, :]))
+    else:
+        for controlPointIndex in range(oldNumberOfControlPoints, numberOfControlPoints, -1):
+            markupsNode.RemoveNthControlPoint(controlPointIndex - 1)
+    markupsNode.EndModify(wasModify)
 
 
 def arrayFromTableColumn(tableNode, columnName):
@@ -530,12 +591,23 @@ def errorDisplay(text, windowTitle=None, parent=None, standardButtons=None, **kw
     _messageDisplay(logging.ERROR, text, None, mainWindowNeeded=True, kind="errorDisplay")
 
 
+def _confirmed(kind, text):
+    """Slicer passes testingReturnValue=True, then returns ``result == qt.QMessageBox.Ok``;
+    True == 0x400 is False, so under --testing the answer is **False** (slicer-api.md section 1)."""
+    import slicer
+
+    result = _messageDisplay(logging.INFO, text, True, kind=kind)
+    if slicer.app.testingEnabled():
+        return False
+    return bool(result)
+
+
 def confirmOkCancelDisplay(text, windowTitle=None, parent=None, **kwargs):
-    return _messageDisplay(logging.INFO, text, True, kind="confirmOkCancelDisplay")
+    return _confirmed("confirmOkCancelDisplay", text)
 
 
 def confirmYesNoDisplay(text, windowTitle=None, parent=None, **kwargs):
-    return _messageDisplay(logging.INFO, text, True, kind="confirmYesNoDisplay")
+    return _confirmed("confirmYesNoDisplay", text)  # the same flaw: False under --testing
 
 
 def confirmRetryCloseDisplay(text, windowTitle=None, parent=None, **kwargs):
@@ -597,6 +669,14 @@ def pip_install(requirements):
     import slicer
 
     slicer.app.pipRequests.append(requirements)
+
+
+def _executePythonModule(module, args):
+    """``PythonSlicer -m <module> <args>`` in Slicer (private, but what pip_install and PyTorchUtils
+    use); recorded as ``("-m", module, args)`` in ``slicer.app.pipRequests``, never run."""
+    import slicer
+
+    slicer.app.pipRequests.append(("-m", module, list(args)))
 
 
 def pip_uninstall(requirements):
