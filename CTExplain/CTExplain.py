@@ -326,6 +326,13 @@ class CTExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateInputFilter()  # the new heat maps got their attribute after being added
         self.showFindings()
         self.onDisplayChanged()
+        self.showWarnings(self.results["record"].get("warnings", []))
+
+    def showWarnings(self, warnings: Sequence[str]) -> None:
+        """The domain check's (and other) warnings: in the status and in a message box."""
+        if warnings:
+            self.ui.progressBar.setFormat(f"done, {len(warnings)} warning(s): {warnings[0]}")
+            slicer.util.warningDisplay("CTExplain warns about this result:\n\n" + "\n\n".join(warnings), windowTitle="CTExplain")
 
     def cancelRun(self) -> None:
         if self.run is not None:
@@ -397,9 +404,9 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
                 progress: Optional[Progress] = None):
         """Explain ``inputVolumeNode``.
 
-        classifier/segmenter: a model package path or name (None: the shipped defaults,
-        ``DEFAULT_CLASSIFIER`` and ``DEFAULT_SEGMENTER`` of ``CTExplainLib.models_catalog``;
-        segmenter "none": no segmentation).
+        classifier/segmenter: a model package path or name (None: the installed packages whose
+        training domain fits the input, see ``CTExplainLib.trust.choice``; segmenter "none": no
+        segmentation).
 
         wait=True: runs in this process and returns the results (output nodes, probabilities,
         anatomy); on failure it raises and the scene is left exactly as it was.
@@ -417,10 +424,13 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
         report = progress or (lambda stage, fraction: None)
         before = nodes.nodeIDs()
         try:
-            classifierModel, segmenterModel = self._loadModels(classifier, segmenter)
-            explained = pipeline.explain_in_memory(volume_from_node(inputVolumeNode), classifierModel, segmenterModel,
+            volume = volume_from_node(inputVolumeNode)
+            classifierModel, segmenterModel, choice = self._loadModels(volume, classifier, segmenter)
+            explained = pipeline.explain_in_memory(volume, classifierModel, segmenterModel,
                                                    pipeline.ExplainOptions(method=method, device=device), report,
                                                    after=["scene"])
+            if choice:
+                explained.record["model_choice"] = choice
             timer = explained.timer
             with timer.stage("scene"):
                 results = nodes.addOutputs(inputVolumeNode, explained.record, explained.heat_maps(), explained.labels)
@@ -544,13 +554,20 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"CTExplain: {inputVolumeNode.GetName()} is a CTExplain output (a heat map), not a CT")
 
     @staticmethod
-    def _loadModels(classifier: Optional[str], segmenter: Optional[str]):
+    def _loadModels(volume, classifier: Optional[str], segmenter: Optional[str]):
+        """The classifier, the segmenter (or None) and the model choice's record ({} when both were given)."""
         from CTExplainLib.model_package import load_package
-        from CTExplainLib.models_catalog import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER, chosen_segmenter, resolve_models
+        from CTExplainLib.models_catalog import find_packages, resolve_package
+        from CTExplainLib.trust.choice import model_chooser, read_candidates
 
-        classifierPath, segmenterPath = resolve_models(classifier or DEFAULT_CLASSIFIER,
-                                                       chosen_segmenter(segmenter or None, DEFAULT_SEGMENTER))
-        return load_package(classifierPath), load_package(segmenterPath) if segmenterPath is not None else None
+        fixed = resolve_package(classifier) if classifier else None
+        chooseSegmenter = not segmenter
+        fixedSegmenter = resolve_package(segmenter) if segmenter and segmenter.lower() != "none" else None
+        if fixed is not None and not chooseSegmenter:
+            return load_package(fixed), load_package(fixedSegmenter) if fixedSegmenter is not None else None, {}
+        choose = model_chooser(read_candidates(find_packages()), fixed, fixedSegmenter, chooseSegmenter, load_package)
+        classifierModel, segmenterModel, _, choice = choose(volume)
+        return classifierModel, segmenterModel, choice
 
     @staticmethod
     def _nodeIDs() -> List[str]:

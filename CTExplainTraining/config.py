@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from CTExplainLib.model_package import VOLUME_SCORES, ChannelSpec, InputSpec, parse_input_spec
+from CTExplainLib.model_package import VOLUME_SCORES, ChannelSpec, Domain, InputSpec, parse_domain, parse_input_spec
 
 from .manifest import TASKS, ManifestError
 
@@ -108,6 +108,9 @@ class TrainConfig:
     citation: str = ""
     licence: str = "Apache-2.0"
     notes: str = ""
+    # What the model is trained on, as the package's "domain" (see the core's model_package.Domain
+    # and trust/domain.py): modality, regions, intensity, spacing and field of view ranges.
+    domain: Dict[str, Any] = field(default_factory=dict)
 
     def input_spec(self) -> InputSpec:
         """The package's input spec, validated by the core's own parser."""
@@ -125,6 +128,10 @@ class TrainConfig:
             "slice_context": self.slice_context,
         }
         return parse_input_spec(data, Path(str(self.manifest)))
+
+    def package_domain(self) -> Optional[Domain]:
+        """The package's domain, validated by the core's own parser (None when the recipe has none)."""
+        return parse_domain(self.domain, self.input_spec(), Path(str(self.manifest))) if self.domain else None
 
     @property
     def channel_specs(self) -> List[ChannelSpec]:
@@ -160,6 +167,7 @@ class TrainConfig:
         if self.task == "segmentation" and self.patch_size is not None and len(self.patch_size) != self.spatial_dims:
             raise ManifestError(self.manifest, f"patch_size needs {self.spatial_dims} numbers, got {self.patch_size}")
         self.input_spec()
+        self.package_domain()
 
     def _check_nested(self) -> None:
         if self.nested_cv < 2 or self.cv:

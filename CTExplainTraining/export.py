@@ -66,6 +66,7 @@ def package_metadata(config: TrainConfig, manifest: Manifest, metrics: Dict[str,
         volume_score_k=config.volume_score_k,
         untrained=False,
         provenance=provenance,
+        domain=config.package_domain(),
     )
 
 

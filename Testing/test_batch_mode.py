@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from CTExplainLib import cli
-from CTExplainLib.models_catalog import DEFAULT_CLASSIFIER, read_package_info, resolve_package
+from CTExplainLib.models_catalog import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER, read_package_info, resolve_package
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "CTExplain" / "Scripts" / "CTExplainBatch.py"
@@ -79,8 +79,10 @@ def segment_masks(path: Path, reference: sitk.Image) -> Dict[str, np.ndarray]:
 def outputs(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("batch")
     inputs = [str(SAMPLE), str(data_dir / "slicer-cthead")]
-    batch = run_batch(*inputs, "--out", str(out / "batch"), "--device", "cpu")
-    status = cli.main(["explain", *inputs, "--out", str(out / "cli"), "--device", "cpu", "--no-progress"])
+    # The chest models for both (without them the head CT's raw values would fit no installed model).
+    models = ["--model", DEFAULT_CLASSIFIER, "--segmenter", DEFAULT_SEGMENTER]
+    batch = run_batch(*inputs, "--out", str(out / "batch"), "--device", "cpu", *models)
+    status = cli.main(["explain", *inputs, "--out", str(out / "cli"), "--device", "cpu", "--no-progress", *models])
     return batch, status, out
 
 

@@ -18,9 +18,9 @@ from safetensors.torch import save_file
 
 from CTExplainLib import cli
 from CTExplainLib.cli import main
-from CTExplainLib.demo_models import LUNG, demo_classifier, demo_segmenter, untrained_package
+from CTExplainLib.demo_models import DEMO_DOMAIN, LUNG, demo_classifier, demo_segmenter, untrained_package
 from CTExplainLib.model_package import METADATA_FILE, WEIGHTS_FILE, InputSpec
-from CTExplainLib.models_catalog import SAMPLES, SampleCase, locate_package
+from CTExplainLib.models_catalog import SAMPLES, SampleCase, locate_package, read_package_info
 from CTExplainLib.pipeline import slug
 
 
@@ -156,21 +156,22 @@ def tiny_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("tiny")
     spec = InputSpec(3, [LUNG], spacing=(8.0, 8.0, 8.0), size=(32, 32, 16), orientation="LPS")
     small = {"channels": [4, 8]}
-    packages = {name: untrained_package(folder / name, name, "multilabel", "CompactCNN", ["finding"], spec, small) for name in ("default-cls", "cls-a", "cls-b")}
-    packages["seg"] = untrained_package(folder / "seg", "seg", "segmentation", "UNet", ["background", "body"], spec, {"channels": [4, 8], "num_res_units": 0})
+    packages = {name: untrained_package(folder / name, name, "multilabel", "CompactCNN", ["finding"], spec, small, domain=DEMO_DOMAIN) for name in ("default-cls", "cls-a", "cls-b")}
+    packages["seg"] = untrained_package(folder / "seg", "seg", "segmentation", "UNet", ["background", "body"], spec, {"channels": [4, 8], "num_res_units": 0}, domain=DEMO_DOMAIN)
     return packages
 
 
 def test_samples_run_with_their_own_models(data_dir: Path, tiny_packages: dict, tmp_path: Path, monkeypatch, capsys) -> None:
-    """INPUT paths run with the defaults, each sample with its own pair; each package is loaded once."""
+    """INPUT paths run with the installed packages that fit them, each sample with its own pair;
+    each package is loaded once."""
     ct = data_dir / "totalsegmentator" / "example_ct_sm.nii.gz"
     labels = tmp_path / "sample_b_slices.csv"  # by output folder name: both samples are one file
     labels.write_text("case,slice,positive\nsample_b,1,1\n")
     samples = (SampleCase("sample_a", ct, str(tiny_packages["cls-a"]), str(tiny_packages["seg"]), "test"),
                SampleCase("sample_b", ct, str(tiny_packages["cls-b"]), None, "test", slice_labels=labels))
     monkeypatch.setattr(cli, "SAMPLES", samples)
-    monkeypatch.setattr(cli, "DEFAULT_CLASSIFIER", str(tiny_packages["default-cls"]))
-    monkeypatch.setattr(cli, "DEFAULT_SEGMENTER", str(tiny_packages["seg"]))
+    installed = [read_package_info(tiny_packages[name]) for name in ("default-cls", "seg")]  # the only ones installed
+    monkeypatch.setattr(cli, "find_packages", lambda extra=(): installed)
     loads: List[Path] = []
     real_load = cli.load_package
     monkeypatch.setattr(cli, "load_package", lambda path: loads.append(Path(path)) or real_load(path))

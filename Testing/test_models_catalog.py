@@ -129,10 +129,11 @@ def test_segmenter_choice_none_in_any_case_else_the_default() -> None:
 
 
 def test_model_choices_split_by_task_with_none_last() -> None:
-    from CTExplainLib.models_catalog import SHIPPED_MODELS, model_choices
+    from CTExplainLib.models_catalog import AUTOMATIC, SHIPPED_MODELS, model_choices
 
     classifiers, segmenters = model_choices()
     assert ("head-ct-ich-findings", str(SHIPPED_MODELS / "head-ct-ich-findings")) in classifiers
     assert ("chest-ct-segmenter", str(SHIPPED_MODELS / "chest-ct-segmenter")) in segmenters
+    assert classifiers[0] == segmenters[0] == (AUTOMATIC, "")  # chosen per input (trust/choice.py)
     assert segmenters[-1] == ("None", "none")
-    assert not {path for _, path in classifiers} & {path for _, path in segmenters}
+    assert not {path for _, path in classifiers[1:]} & {path for _, path in segmenters[1:]}

@@ -29,10 +29,12 @@ import slicer_standin
 import vtk
 from CTExplainLib import pipeline
 from CTExplainLib.model_package import load_package
+from CTExplainLib.errors import CTExplainError
 from CTExplainLib.models_catalog import (
     DEFAULT_CLASSIFIER,
     DEMO_CLASSIFIER,
     DEMO_SEGMENTER,
+    HEAD_SAMPLE,
     read_package_info,
     resolve_package,
 )
@@ -599,6 +601,22 @@ def test_module_description(env):
     shipped = [folder.name for folder in (REPO / "CTExplain" / "Resources" / "Models").iterdir() if folder.is_dir()]
     for name in shipped:  # every shipped model's data is cited by the package's name
         assert name in parent.acknowledgementText or name.startswith("demo-"), name
+
+
+def test_automatic_choice_and_domain_check_in_the_module(env, data_dir):
+    """Without a classifier the module chooses by the input's domain, and records why; an input
+    no model fits is refused and leaves the scene as it was."""
+    slicer, module = env
+    head = slicer.util.loadVolume(str(HEAD_SAMPLE.path))
+    results = module.CTExplainLogic().process(head)
+    record = results["record"]
+    assert record["classifier"]["name"] == "head-ct-ich-findings" and results["labelMap"] is None
+    assert "the input is head CT" in record["model_choice"]["why"][0] and record["warnings"] == []
+    labels = slicer.util.loadVolume(str(data_dir / "totalsegmentator" / "example_seg.nii.gz"))
+    before = node_ids(slicer)
+    with pytest.raises(CTExplainError, match="no installed classifier fits this input .*a label map"):
+        module.CTExplainLogic().process(labels)
+    assert node_ids(slicer) == before
 
 
 # 6 (last: the self-test clears the scene)

@@ -9,8 +9,9 @@
 
 Every case gets its own output folder; a failing case is reported and the others still run;
 the exit status is 2 if any case failed. Each sample case runs with its own models unless
---model/--segmenter are given; INPUT paths run with those or with the defaults. Under
-torchrun the cases are split between the processes (see cohort/ranks.py).
+--model/--segmenter are given; INPUT paths run with those, or with the installed packages
+whose training domain fits each input (trust/choice.py). Under torchrun the cases are split
+between the processes (see cohort/ranks.py).
 
 Only light modules are imported here: torch, MONAI, SimpleITK and pydicom are imported inside
 the functions that run cases, so that ``--help`` and ``models`` answer at once.
@@ -31,8 +32,6 @@ from .commandline.choices import DEVICE_CHOICES, IMAGE_FORMATS, METHODS
 from .commandline.progress import LineProgress, QuietProgress
 from .errors import CTExplainError
 from .models_catalog import (
-    DEFAULT_CLASSIFIER,
-    DEFAULT_SEGMENTER,
     POINT_CLASSIFIER,
     POINT_SEGMENTER,
     SAMPLES,
@@ -40,7 +39,7 @@ from .models_catalog import (
     chosen_segmenter,
     find_packages,
     locate_package,
-    resolve_models,
+    resolve_package,
 )
 from .points.points_file import MarkedPoint, add_point_arguments, command_line_points, points_for_cases, requested_points
 from .slice_labels import read_slice_labels
@@ -53,9 +52,10 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("ctexplain")
 EXIT_CASE_FAILED = 2
 
-# The folders of a classifier and a segmenter (None: no segmenter), and the loaded pair.
-ModelKey = Tuple[Path, Optional[Path]]
-Models = Tuple["LoadedModel", Optional["LoadedModel"]]
+# The folders of a classifier (None: chosen per case) and a segmenter (None: none, or chosen
+# per case), and the loaded pair.
+ModelKey = Tuple[Optional[Path], Optional[Path]]
+Models = Tuple[Optional["LoadedModel"], Optional["LoadedModel"]]
 
 
 def load_package(path: Path) -> "LoadedModel":
@@ -87,6 +87,11 @@ class Job:
     folder: Path
     models: ModelKey
     points: Optional[List[MarkedPoint]] = None  # point mode (points/run.py) at these
+    choose_segmenter: bool = False  # the segmenter is chosen from the input (models[1] unused)
+
+    @property
+    def chooses(self) -> bool:
+        return self.models[0] is None or self.choose_segmenter
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -118,9 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder, one sub-folder per case (required)")
     explain.add_argument("--sample", action="store_true", help="also run the sample cases shipped with CTExplain, each with its own models")
     explain.add_argument("--model", default=None,
-                         help=f"classifier package (folder or name) for every case (default: {DEFAULT_CLASSIFIER}; sample cases: their own)")
+                         help="classifier package (folder or name) for every case (default: per case, the installed one whose "
+                              "training domain fits the input; sample cases: their own)")
     explain.add_argument("--segmenter", default=None,
-                         help=f"segmenter package (folder or name), or 'none', for every case (default: {DEFAULT_SEGMENTER}; sample cases: their own)")
+                         help="segmenter package (folder or name), or 'none', for every case (default: per case, the installed "
+                              "one whose training domain fits the input, else none; sample cases: their own)")
+    explain.add_argument("--strict", action="store_true",
+                         help="refuse a case that the domain check warns about (not the kind of CT the model was trained on)")
     explain.add_argument("--method", choices=METHODS, default="gradcam", help="class activation map method")
     explain.add_argument("--classes", nargs="+", default=None, metavar="NAME",
                          help="findings to write heat maps for (default: every finding of a model with up to 8 classes, "
@@ -157,11 +166,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+CHOOSE = "choose"  # a role whose package is chosen per case from the input
+
+
 def _model_names(args: argparse.Namespace, sample: Optional[SampleCase]) -> Tuple[str, Optional[str]]:
     """The classifier and segmenter (None: none) a case runs with: --model/--segmenter when given,
-    else the sample's own, else the defaults."""
+    else the sample's own, else (point mode) the point packages, else CHOOSE."""
     point_mode = sample is None and (args.point or args.points is not None)
-    defaults = (POINT_CLASSIFIER, POINT_SEGMENTER) if point_mode else (DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER)
+    defaults = (POINT_CLASSIFIER, POINT_SEGMENTER) if point_mode else (CHOOSE, CHOOSE)
     classifier = args.model or (sample.classifier if sample is not None else defaults[0])
     return classifier, chosen_segmenter(args.segmenter, sample.segmenter if sample is not None else defaults[1])
 
@@ -178,11 +190,13 @@ def _load_models(keys: Sequence[ModelKey], classes: Optional[Sequence[str]]) -> 
             model = loaded[path]
             if (model.metadata.task == "segmentation") != (role == "segmenter"):
                 raise CTExplainError(f"{model.path}: a {model.metadata.task} model cannot be used as the {role}")
+        if key[0] is None:
+            continue
         classifier = loaded[key[0]]
         unknown = [name for name in classes or [] if name not in classifier.metadata.class_names]
         if unknown:
             raise CTExplainError(f"{classifier.path}: no finding named {', '.join(unknown)}; it has: {', '.join(classifier.metadata.class_names)}")
-    return {key: (loaded[key[0]], loaded[key[1]] if key[1] is not None else None) for key in keys}
+    return {key: tuple(loaded[p] if p is not None else None for p in key) for key in keys}  # type: ignore[misc]
 
 
 def _jobs(args: argparse.Namespace) -> Tuple[List[Job], List[Tuple[Path, str]]]:
@@ -202,7 +216,9 @@ def _jobs(args: argparse.Namespace) -> Tuple[List[Job], List[Tuple[Path, str]]]:
     used: Dict[str, int] = {}
     marked = requested_points(args)
     for inputs, sample in requests:
-        key = resolve_models(*_model_names(args, sample))
+        classifier, segmenter = _model_names(args, sample)
+        key = (None if classifier == CHOOSE else resolve_package(classifier),
+               None if segmenter in (None, CHOOSE) else resolve_package(segmenter))
         cases, missing = discover_cases(inputs)
         problems += missing
         if sample is not None:
@@ -214,7 +230,8 @@ def _jobs(args: argparse.Namespace) -> Tuple[List[Job], List[Tuple[Path, str]]]:
                 continue  # a points file's rows name other inputs only
             name = sample.name if sample is not None else case_name(case)
             used[name] = used.get(name, 0) + 1
-            jobs.append(Job(case, args.out / (name if used[name] == 1 else f"{name}_{used[name]}"), key, points[case] if points else None))
+            jobs.append(Job(case, args.out / (name if used[name] == 1 else f"{name}_{used[name]}"), key,
+                            points[case] if points else None, segmenter == CHOOSE))
     return jobs, problems
 
 
@@ -237,6 +254,7 @@ def _options(args: argparse.Namespace) -> "ExplainOptions":
         image_spacing=tuple(args.spacing) if args.spacing else None,
         slice_labels=slice_labels,
         faithfulness=args.faithfulness,
+        strict=args.strict,
     )
 
 
@@ -247,17 +265,23 @@ def faithfulness_cell(record: Optional[Dict[str, Any]]) -> str:
 
 def _summary(results: Sequence["CaseResult"]) -> str:
     """The table printed at the end; a failed case's error was printed when it failed."""
-    rows = [("case", "status", "top finding", "its map", "time s", "output")]
+    rows = [("case", "status", "top finding", "its map", "time s", "warnings", "output")]
     for r in results:
+        warned = f"{len(r.warnings)}: {r.warnings[0][:60]}" if r.warnings else "-"
         if r.ok:
             top = max(r.probabilities.items(), key=lambda kv: kv[1]) if r.probabilities else ("-", 0.0)
             rows.append((Path(r.input).name, "ok", f"{top[0]} {top[1]:.3f}", faithfulness_cell(r.faithfulness.get(top[0])),
-                         f"{sum(r.timings.values()):.1f}", str(r.output)))
+                         f"{sum(r.timings.values()):.1f}", warned, str(r.output)))
         else:
-            rows.append((Path(r.input).name, "FAILED", "-", "-", f"{sum(r.timings.values()):.1f}", "- (see its error: line)"))
-    widths = [max(len(row[c]) for row in rows[:]) for c in range(5)]
-    lines = ["  ".join(row[c].ljust(widths[c]) for c in range(5)) + "  " + row[5] for row in rows]
+            rows.append((Path(r.input).name, "FAILED", "-", "-", f"{sum(r.timings.values()):.1f}", warned, "- (see its error: line)"))
+    widths = [max(len(row[c]) for row in rows[:]) for c in range(6)]
+    lines = ["  ".join(row[c].ljust(widths[c]) for c in range(6)) + "  " + row[6] for row in rows]
     return "\n".join(lines)
+
+
+def _choice_line(case: str, choice: Dict[str, Any]) -> str:
+    models = f"{choice['classifier']} + {choice['segmenter'] or 'no segmenter'}"
+    return f"models for {case}: {models}: " + " | ".join(str(w) for w in choice.get("why", []))
 
 
 class JsonlProgress(QuietProgress):
@@ -362,8 +386,18 @@ def _run_jobs(mine: Sequence[Tuple[int, Job]], total: int, models: Dict[ModelKey
               args: argparse.Namespace, rank: Rank) -> List[Tuple[int, "CaseResult"]]:
     """This rank's cases, each with its index in the whole list; a failing case is reported and
     the next one runs."""
+    from .trust.choice import model_chooser, read_candidates  # imports torch: only when cases run
+
     progress = _progress(args, rank, len(mine))
     done: List[Tuple[int, "CaseResult"]] = []
+    candidates = read_candidates(find_packages()) if any(job.chooses for _, job in mine) else []
+    loaded = {path: model for key, pair in models.items() for path, model in zip(key, pair) if path is not None}
+
+    def load(path: Path) -> "LoadedModel":  # each chosen package once
+        if path not in loaded:
+            loaded[path] = load_package(path)
+        return loaded[path]
+
     try:
         with _warnings_once(args.verbose):
             for index, job in mine:
@@ -372,7 +406,10 @@ def _run_jobs(mine: Sequence[Tuple[int, Job]], total: int, models: Dict[ModelKey
                 if job.points is not None:
                     result = explain_points_case(job.case, job.folder, classifier, segmenter, job.points, options, progress)
                 else:
-                    result = explain_case(job.case, job.folder, classifier, segmenter, options, progress)
+                    chooser = model_chooser(candidates, job.models[0], job.models[1], job.choose_segmenter, load) if job.chooses else None
+                    result = explain_case(job.case, job.folder, classifier, segmenter, options, progress, chooser)
+                if result.model_choice:
+                    progress.write(_choice_line(job.folder.name, result.model_choice))
                 progress.end_case(result)
                 for line in result.error.splitlines():  # one line per failed point in point mode
                     progress.write(f"error: {line}")

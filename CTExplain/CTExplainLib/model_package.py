@@ -31,6 +31,8 @@ ORIENTATION_LETTERS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
 WINDOW_BLENDS = ("constant", "gaussian")
 WINDOW_PADDINGS = ("constant", "reflect", "replicate", "circular")
 CROP_MODES = ("nodule", "point")
+BODY_REGIONS = ("head", "neck", "chest", "abdomen", "pelvis")
+DOMAIN_INTENSITIES = ("hounsfield", "display")
 
 
 @dataclass
@@ -125,6 +127,67 @@ class ClassSpec:
     max_parts: Optional[int] = None
 
 
+Range = Tuple[float, float]
+
+
+@dataclass
+class Domain:
+    """What a model was trained on, checked against every input (see ``trust/domain.py``).
+
+    A package without a ``domain`` gets :meth:`unstated`: its intensity follows its input spec
+    and nothing else is checked (nor is it chosen automatically for an input).
+    """
+
+    modality: str = "CT"
+    regions: Tuple[str, ...] = ()  # of BODY_REGIONS; empty: not stated
+    intensity: str = "hounsfield"  # "hounsfield", or "display": 8-bit windowed screenshots
+    in_plane_spacing_mm: Optional[Range] = None  # min and max of the training images; None: no scale
+    slice_spacing_mm: Optional[Range] = None
+    field_of_view_mm: Optional[Range] = None  # in-plane extent of the training images
+    note: str = ""  # where these numbers come from
+    stated: bool = True  # False: the package says nothing of its domain
+
+    @classmethod
+    def unstated(cls, spec: "InputSpec") -> "Domain":
+        return cls(intensity="display" if spec.intensity == "display" else "hounsfield", stated=False)
+
+
+def _range(value: Any, path: Path, what: str) -> Optional[Range]:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ModelPackageError(path, f"domain {what} must be [min, max] in mm, got {value!r}")
+    low, high = float(value[0]), float(value[1])
+    if not 0 < low <= high:
+        raise ModelPackageError(path, f"domain {what} must be [min, max] with 0 < min <= max, got {value!r}")
+    return (low, high)
+
+
+def parse_domain(data: Any, spec: "InputSpec", path: Path) -> Domain:
+    """The ``domain`` of a package's metadata, validated; :meth:`Domain.unstated` when absent."""
+    if data is None:
+        return Domain.unstated(spec)
+    if not isinstance(data, dict):
+        raise ModelPackageError(path, f"domain must be an object, got {data!r}")
+    regions = data.get("regions", [])
+    if not isinstance(regions, list) or not regions or any(r not in BODY_REGIONS for r in regions):
+        raise ModelPackageError(path, f"domain regions must be a non-empty list of {', '.join(BODY_REGIONS)}, got {regions!r}")
+    intensity = data.get("intensity")
+    if intensity not in DOMAIN_INTENSITIES:
+        raise ModelPackageError(path, f"domain intensity must be 'hounsfield' or 'display', got {intensity!r}")
+    if (intensity == "display") != (spec.intensity == "display"):
+        raise ModelPackageError(path, f"domain intensity {intensity!r} contradicts the input spec's intensity {spec.intensity!r}")
+    return Domain(
+        modality=str(data.get("modality", "CT")),
+        regions=tuple(regions),
+        intensity=intensity,
+        in_plane_spacing_mm=_range(data.get("in_plane_spacing_mm"), path, "in_plane_spacing_mm"),
+        slice_spacing_mm=_range(data.get("slice_spacing_mm"), path, "slice_spacing_mm"),
+        field_of_view_mm=_range(data.get("field_of_view_mm"), path, "field_of_view_mm"),
+        note=str(data.get("note", "")),
+    )
+
+
 @dataclass
 class ModelMetadata:
     name: str
@@ -144,13 +207,23 @@ class ModelMetadata:
     # Optional: the maps' sanity check under cascading randomisation (trust/sanity.py), as
     # ``ctexplain check-model --record`` writes it.
     sanity_check: Optional[Dict[str, Any]] = None
+    domain: Optional[Domain] = None  # None: unstated (see Domain.unstated)
 
     @property
     def class_names(self) -> List[str]:
         return [c.name for c in self.classes]
 
+    @property
+    def training_domain(self) -> Domain:
+        return self.domain if self.domain is not None else Domain.unstated(self.input)
+
     def to_json(self) -> Dict[str, Any]:
-        return {"format": FORMAT, **asdict(self)}
+        data = {"format": FORMAT, **asdict(self)}
+        domain = data.pop("domain")
+        if domain is not None:  # written as parse_domain reads it
+            del domain["stated"]
+            data["domain"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in domain.items()}
+        return data
 
 
 @dataclass
@@ -333,6 +406,7 @@ def parse_metadata(data: Dict[str, Any], path: Path) -> ModelMetadata:
     volume_score = str(data.get("volume_score", "max"))
     if volume_score not in VOLUME_SCORES:
         raise ModelPackageError(path, f"volume_score must be one of {', '.join(VOLUME_SCORES)}, got {volume_score!r}")
+    input_spec = parse_input_spec(_require(data, "input", path), path)
     return ModelMetadata(
         name=str(_require(data, "name", path)),
         version=str(data.get("version", "0")),
@@ -349,6 +423,7 @@ def parse_metadata(data: Dict[str, Any], path: Path) -> ModelMetadata:
         untrained=bool(data.get("untrained", False)),
         provenance=dict(data.get("provenance", {})),
         sanity_check=_sanity_check(data.get("sanity_check"), path),
+        domain=parse_domain(data["domain"], input_spec, path) if data.get("domain") is not None else None,
     )
 
 

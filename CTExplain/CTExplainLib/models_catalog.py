@@ -37,7 +37,7 @@ CHEST_SEGMENTER = "chest-ct-segmenter"
 # Point mode (``--point``): what runs at a marked lung nodule unless --model/--segmenter say otherwise.
 POINT_CLASSIFIER = "lung-nodule-malignancy"
 POINT_SEGMENTER = "lung-nodule-segmenter"
-# What inputs given without --model/--segmenter (and the Slicer module's "Default") run with.
+# The chest sample's packages; inputs without --model/--segmenter get the packages whose domain fits (trust/choice.py).
 DEFAULT_CLASSIFIER = CHEST_CLASSIFIER
 DEFAULT_SEGMENTER = CHEST_SEGMENTER
 # The demo that stands in for each trained package while that package is not installed.
@@ -168,6 +168,7 @@ def resolve_package(name_or_path: Union[str, Path]) -> Path:
 
 
 NO_SEGMENTER = "none"  # what a user gives as the segmenter for none
+AUTOMATIC = "Automatic (fits the input)"  # the selectors' entry for trust/choice.py's choice
 
 
 def chosen_segmenter(requested: Optional[str], default: Optional[str]) -> Optional[str]:
@@ -178,15 +179,16 @@ def chosen_segmenter(requested: Optional[str], default: Optional[str]) -> Option
 
 
 def model_choices() -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
-    """(label, package path) of the classifiers and of the segmenters found (the segmenters end
-    with ("None", "none")), from their metadata alone."""
+    """(label, package path) of the classifiers and of the segmenters found, from their metadata
+    alone: first AUTOMATIC with the path "" (chosen per input), the segmenters last ("None", "none")."""
     packages = find_packages()
 
     def label(info: PackageInfo) -> str:
         return info.name + (" (untrained demo)" if info.untrained else "")
 
-    classifiers = [(label(p), str(p.path)) for p in packages if p.task != "segmentation"]
-    segmenters = [(label(p), str(p.path)) for p in packages if p.task == "segmentation"] + [("None", NO_SEGMENTER)]
+    automatic = [(AUTOMATIC, "")] if packages else []
+    classifiers = automatic + [(label(p), str(p.path)) for p in packages if p.task != "segmentation"]
+    segmenters = automatic + [(label(p), str(p.path)) for p in packages if p.task == "segmentation"] + [("None", NO_SEGMENTER)]
     return classifiers, segmenters
 
 

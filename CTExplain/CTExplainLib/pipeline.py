@@ -36,6 +36,8 @@ from .preprocess import preprocess
 from .segment import Segmentation, segment
 from .slice_labels import positive_slices
 from .trust.faithfulness import CHOICES as FAITHFULNESS_CHOICES, DEFAULT as DEFAULT_FAITHFULNESS, Faithfulness, measure as measure_faithfulness, resolve_mode
+from .trust.choice import Chooser
+from .trust.domain import DomainReport, InputProfile, check_input, enforce
 from .volume import Volume, image_backed_array
 from .writing import case_output_directory, write_image, write_json, write_label_map, write_png, write_segmentation
 
@@ -57,6 +59,7 @@ class ExplainOptions:
     dicom_out: bool = False  # also a DICOM SEG and Parametric Maps (DICOM input only; outputs/dicom_export.py)
     slice_labels: Optional[Dict[str, Dict[int, bool]]] = None  # per case, see slice_labels.py
     faithfulness: str = DEFAULT_FAITHFULNESS  # "auto", "off", "fast" or "full": see trust/faithfulness.py
+    strict: bool = False  # a warning of the domain check refuses the case (trust/domain.py)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class CaseResult:
     elapsed_s: float = 0.0  # wall-clock seconds of the whole case, loading to publishing
     warnings: List[str] = field(default_factory=list)
     faithfulness: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per finding, as in result.json
+    model_choice: Dict[str, Any] = field(default_factory=dict)  # when the models were chosen from the input
 
 
 def _no_progress(stage: str, fraction: float) -> None:
@@ -150,6 +154,7 @@ class Analysis:
     segmentation: Optional[Segmentation]
     positive_slices: Optional[Sequence[bool]] = None  # per axial slice, where slice labels exist
     faithfulness: Dict[int, Faithfulness] = field(default_factory=dict)  # per finding index
+    domain: Optional[DomainReport] = None  # the input against the models' training domains
 
 
 def analyse(
@@ -158,8 +163,10 @@ def analyse(
     segmenter: Optional[LoadedModel],
     options: ExplainOptions,
     timer: StageTimer,
+    profile: Optional[InputProfile] = None,
 ) -> Analysis:
-    """Classify, explain and segment an already loaded volume (the Slicer module's entry point)."""
+    """Classify, explain and segment an already loaded volume (the Slicer module's entry point),
+    after checking it against the models' training domains (``profile``: already computed)."""
     if options.method not in METHODS:
         raise CTExplainError(f"method must be one of {', '.join(METHODS)}, got {options.method!r}")
     if options.faithfulness not in FAITHFULNESS_CHOICES:
@@ -169,6 +176,11 @@ def analyse(
         raise InputError(source, f"is a single 2D image but model {classifier.metadata.name} needs a 3D volume")
     if np.issubdtype(volume.array.dtype, np.floating) and not _all_finite(volume.array):
         raise InputError(source, "holds NaN or infinite voxel values")
+    with timer.stage("domain check"):
+        domain = check_input(volume, classifier, segmenter, profile)
+    enforce(domain, options.strict)
+    for warning in domain.warnings:  # callers show them from the record (result.json, the Slicer module)
+        LOG.info("%s: %s", source, warning)
     device = resolve_device(options.device)
     with timer.stage("preprocess"):
         model_input = preprocess(volume, classifier.metadata.input)
@@ -183,7 +195,7 @@ def analyse(
     segmentation = None
     if segmenter is not None:
         segmentation = segment(segmenter, volume, device, timer.stage)
-    return Analysis(volume, classification, segmentation, faithfulness=faithful)
+    return Analysis(volume, classification, segmentation, faithfulness=faithful, domain=domain)
 
 
 def _measures_faithfulness(options: ExplainOptions, classifier: LoadedModel) -> bool:
@@ -193,7 +205,7 @@ def _measures_faithfulness(options: ExplainOptions, classifier: LoadedModel) -> 
 
 def case_stages(with_segmenter: bool, before: Sequence[str], after: Sequence[str], faithful: bool = False) -> List[str]:
     """The progress stages of one case: ``before``, those of :func:`analyse`, then ``after``."""
-    return [*before, "preprocess", "classify+explain", *(["faithfulness"] if faithful else []),
+    return [*before, "domain check", "preprocess", "classify+explain", *(["faithfulness"] if faithful else []),
             *(["segment", "map labels"] if with_segmenter else []), *after]
 
 
@@ -306,7 +318,8 @@ def analysis_record(analysis: Analysis, classifier: LoadedModel, segmenter: Opti
     ]
     for index, measured in analysis.faithfulness.items():
         findings[index]["faithfulness"] = measured.to_dict()
-    warnings = list(analysis.volume.metadata.get("warnings", [])) + classification.warnings
+    warnings = analysis.domain.warnings if analysis.domain is not None else []
+    warnings += list(analysis.volume.metadata.get("warnings", [])) + classification.warnings
     if segmentation is not None:
         warnings += segmentation.warnings
     if classifier.metadata.untrained:
@@ -320,6 +333,7 @@ def analysis_record(analysis: Analysis, classifier: LoadedModel, segmenter: Opti
         "findings": findings,
         "segments": [{"label": s.label, "name": s.name, "color": list(s.color)} for s in segmentation.segments] if segmentation is not None else [],
         "warnings": warnings,
+        "domain": analysis.domain.to_dict() if analysis.domain is not None else None,
     }
 
 
@@ -418,25 +432,36 @@ def case_failures(result: CaseResult, input_path: Path) -> Iterator[None]:
 def explain_case(
     input_path: Path,
     out_dir: Path,
-    classifier: LoadedModel,
+    classifier: Optional[LoadedModel],
     segmenter: Optional[LoadedModel] = None,
     options: Optional[ExplainOptions] = None,
     progress: Optional[Progress] = None,
+    choose: Optional[Chooser] = None,
 ) -> CaseResult:
-    """Run one case into ``out_dir`` (created complete or not at all); errors are reported, not raised."""
+    """Run one case into ``out_dir`` (created complete or not at all); errors are reported, not raised.
+    With ``choose``, the models are chosen from the loaded volume (``classifier``/``segmenter`` unused)."""
     options = options or ExplainOptions()
-    timer = StageTimer(progress or _no_progress, case_stages(segmenter is not None, ["load"], ["heat maps", "statistics", "write"],
-                                                            _measures_faithfulness(options, classifier)))
+    with_segmenter = segmenter is not None or choose is not None
+    faithful = _measures_faithfulness(options, classifier) if classifier is not None else False  # chosen later: not known yet
+    timer = StageTimer(progress or _no_progress, case_stages(with_segmenter, ["load"], ["heat maps", "statistics", "write"], faithful))
     result = CaseResult(input=str(input_path))
     started = time.perf_counter()
     with case_failures(result, input_path):
         with timer.stage("load"):
             volume = load_volume(input_path, series_uid=options.series_uid, image_spacing=options.image_spacing)
-        analysis = analyse(volume, classifier, segmenter, options, timer)
+        profile, choice = None, None
+        if choose is not None:
+            with timer.stage("domain check"):
+                classifier, segmenter, profile, choice = choose(volume)
+        if classifier is None:
+            raise CTExplainError("explain_case needs a classifier or a chooser")
+        analysis = analyse(volume, classifier, segmenter, options, timer, profile)
         if options.slice_labels is not None:
             analysis.positive_slices = positive_slices(options.slice_labels, out_dir.name, volume.grid.size[2])
         with case_output_directory(out_dir) as staging:
             record = write_analysis(analysis, staging, classifier, segmenter, options, timer)
+            if choice is not None:
+                record["model_choice"] = result.model_choice = choice
             record["timings_s"]["total"] = time.perf_counter() - started  # wall clock, stages and all between
             write_json(record, staging / "result.json")
             write_case_report(record, staging, title=out_dir.name)

@@ -35,7 +35,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="CTExplainBatch.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="CT files or folders (NIfTI, NRRD, MHA, DICOM)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per case)")
-    parser.add_argument("--model", default=None, help="classifier package (folder or name; default: the shipped one)")
+    parser.add_argument("--model", default=None, help="classifier package (folder or name; default: the installed one whose domain fits each input)")
     parser.add_argument("--segmenter", default=None, help="segmenter package, or 'none'")
     parser.add_argument("--method", choices=("cam", "gradcam", "gradcampp"), default="gradcam")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")

@@ -567,6 +567,7 @@ def _build(path: Path, series: DicomSeriesInfo, why: str, slices: List[_Slice], 
         series_description=series.description or None,
         warnings=warnings,
         series_number=series.series_number,
+        body_part_examined=str(header.get("BodyPartExamined", "") or "").strip() or None,
         series_choice=why,
         slice_files=len(slices),
         slice_paths=[str(s.path) for s in slices],  # in stack order: the DICOM outputs reference them
