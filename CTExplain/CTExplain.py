@@ -460,7 +460,7 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
         from CTExplainLib.points.markups import explain_markups, points_table
 
         self._checkInput(inputVolumeNode)
-        classifierModel, segmenterModel = self._loadModels(classifier or POINT_CLASSIFIER, segmenter or POINT_SEGMENTER)
+        classifierModel, segmenterModel, _ = self._loadModels(None, classifier or POINT_CLASSIFIER, segmenter or POINT_SEGMENTER)
         volume = volume_from_node(inputVolumeNode)
         analyses = explain_markups(volume, pointListNode, classifierModel, segmenterModel, method, device,
                                    world_to_volume=self._worldToVolume(inputVolumeNode))
