@@ -50,6 +50,7 @@ def save_case(results: Dict[str, Any], inputNode, case: Path, folder: Path, imag
     from CTExplainLib.montage import finding_montage, legend_of
     from CTExplainLib.outputs.report import write_case_report
     from CTExplainLib.pipeline import slug
+    from CTExplainLib.trust.faithfulness import caption as faithfulness_caption
     from CTExplainLib.writing import case_output_directory, write_json, write_png
 
     extension = "." + image_format
@@ -74,8 +75,10 @@ def save_case(results: Dict[str, Any], inputNode, case: Path, folder: Path, imag
                 finding["heat_map"] = f"heatmap_{slug(finding['name'])}{extension}"
                 save(node, staging / finding["heat_map"])
                 title = f"{finding['name']}  p={finding['probability']:.3f}  ({record.get('method')})"
+                measured = finding.get("faithfulness")
                 montage = finding_montage(volume, slicer.util.arrayFromVolume(node), labels, title, radiological=True,
-                                          segments=legend_of(record.get("segments", [])))
+                                          segments=legend_of(record.get("segments", [])),
+                                          caption=faithfulness_caption(measured) if measured else None)
                 finding["montage"] = f"montage_{slug(finding['name'])}.png"
                 write_png(montage, staging / finding["montage"])
             findings.append(finding)

@@ -146,9 +146,15 @@ class Faithfulness:
         return record
 
     def caption(self) -> str:
-        return (f"faithfulness ({self.mode}): {self.verdict}, score {self.score:+.3f}  "
-                f"deletion AUC {self.deletion_auc:.3f} (random {self.random_deletion_auc:.3f}), "
-                f"insertion {self.insertion_auc:.3f} (random {self.random_insertion_auc:.3f})")
+        return caption(self.to_dict())
+
+
+def caption(record: Dict[str, object]) -> str:
+    """The montage's line for a finding's faithfulness record (result.json's, as ``to_dict`` gives
+    it), so a montage drawn later from result.json (Slicer's batch mode) reads the same."""
+    return (f"faithfulness ({record['mode']}): {record['verdict']}, score {record['score']:+.3f}  "
+            f"deletion AUC {record['deletion_auc']:.3f} (random {record['random_deletion_auc']:.3f}), "
+            f"insertion {record['insertion_auc']:.3f} (random {record['random_insertion_auc']:.3f})")
 
 
 def verdict(score: float, spread: float) -> str:
