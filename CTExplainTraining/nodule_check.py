@@ -226,6 +226,31 @@ def check_segmenter(package: Path, nodules_csv: Path, split: str = "test", thres
     return result
 
 
+def check_attention(classifier: Path, segmenter: Path, nodules_csv: Path, split: str = "test") -> Dict[str, Any]:
+    """Where the malignancy map lies at each nodule of ``split``: point mode (the segmenter's
+    outline at the nodules.csv centre, the classifier's Grad-CAM on its box) on the nodule's crop,
+    the share of the map's energy inside the outline against the share of the crop it fills."""
+    from CTExplainLib.points.points_file import MarkedPoint
+    from CTExplainLib.points.run import explain_points
+
+    models = load_package(classifier), load_package(segmenter)
+    with open(nodules_csv, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == split]
+    energy, share, failed = [], [], 0
+    for row in rows:
+        point = MarkedPoint(row["key"], (float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])))
+        record = explain_points(load_volume(row["image"]), *models, [point], device="cpu")[0].record
+        if not record["ok"]:
+            failed += 1
+            continue
+        energy.append(max(f["energy_in_nodule"] for f in record["findings"]))
+        share.append(record["nodule"]["share_of_crop"])
+    lift = np.asarray(energy) / np.maximum(np.asarray(share), 1e-9)
+    return {"split": split, "nodules": len(rows), "patients": len({r["patient"] for r in rows}), "no_outline": failed,
+            "energy_in_nodule_median": float(np.median(energy)), "nodule_share_of_crop_median": float(np.median(share)),
+            "lift_median": float(np.median(lift)), "lift_above_1": float(np.mean(lift > 1.0))}
+
+
 def record_in_package(package: Path, result: Dict[str, Any]) -> None:
     """The check's numbers (without the per-nodule rows) into the package's provenance."""
     metadata_file = Path(package) / METADATA_FILE
@@ -257,16 +282,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     segmenter.add_argument("--split", choices=("test", "val"), default="test", help="val: the run's validation patients (needs --recipe)")
     segmenter.add_argument("--threshold", type=float, help="nodule probability for the outline (default: the package's)")
     segmenter.add_argument("--recipe", type=Path)
+    attention = commands.add_parser("attention", help="share of the malignancy map inside the nodule at each test nodule")
+    attention.add_argument("classifier", type=Path)
+    attention.add_argument("segmenter", type=Path)
+    attention.add_argument("nodules", type=Path)
     for command in (malignancy, segmenter):
         command.add_argument("--record-in", type=Path, help="a package whose provenance gets these numbers (evaluation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "malignancy":
         result = check_malignancy(args.recipe, args.nodules, args.segmenter)
+    elif args.command == "attention":
+        result = check_attention(args.classifier, args.segmenter, args.nodules)
     else:
         result = check_segmenter(args.package, args.nodules, args.split, args.threshold, args.recipe)
     _print(result)
-    if args.record_in:
+    if getattr(args, "record_in", None):
         record_in_package(args.record_in, result)
     return 0
 

@@ -334,3 +334,20 @@ def test_module_logic_marks_rows_and_shows_a_points_map(point_models, two_points
                                  and c.GetLabelVolumeID() == results["points"]["F-2"]["nodule"].GetID() for c in composite)
     finally:
         slicer_standin.uninstall()
+
+
+def test_a_crop_around_a_nodule_is_not_taken_for_outside_the_body(point_models, data_dir: Path) -> None:
+    """LIDC's nodule crops are 30 mm wide: no body outline in view, so its largest soft-tissue
+    region is the chest wall and the nodule lay 'outside the body'; narrow crops skip that test.
+    The same nodule's point on a whole-body-wide field keeps it (test_one_entry_per_point...)."""
+    import csv
+
+    with open(data_dir / "lidc-nodules" / "nodules.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["patient_id"] == "LIDC-IDRI-0005" and r["nodule_id"] == "1")
+    volume = load_volume(data_dir / "lidc-nodules" / "image" / "LIDC-IDRI-0005_R_1.nii.gz")
+    point = MarkedPoint("n", (float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])))
+    models = load_package(point_models[0]), load_package(point_models[1])
+    assert point_run.PointCase(volume).body() is None
+    record = explain_points(volume, *models, [point], device="cpu")[0].record
+    assert record["ok"], record["error"]
+    assert record["nodule"]["share_of_crop"] > 0

@@ -86,6 +86,9 @@ def _view(array: np.ndarray, box: Box) -> np.ndarray:
     return array[k0:k1, j0:j1, i0:i1]
 
 
+BODY_FIELD_MM = 100.0  # narrower fields of view are crops around a lesion: no body test there
+
+
 @dataclass
 class PointCase:
     """What all points of one CT share: the volume, and its body mask once a point needs it."""
@@ -94,8 +97,13 @@ class PointCase:
     _body: Optional[np.ndarray] = None
 
     def body(self) -> Optional[np.ndarray]:
-        """The body mask (k, j, i), for CTs in HU; None for other images."""
+        """The body mask (k, j, i), for CTs in HU; None for other images and for crops narrower
+        than BODY_FIELD_MM in-plane (a box around a lesion holds no body outline to find: there
+        the largest soft-tissue region is a vessel or the chest wall, not the body)."""
         if self.volume.metadata.get("intensity", "hu") != "hu":
+            return None
+        grid = self.volume.grid
+        if min(grid.size[0] * grid.spacing[0], grid.size[1] * grid.spacing[1]) < BODY_FIELD_MM:
             return None
         if self._body is None:
             self._body = body_mask(self.volume)
