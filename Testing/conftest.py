@@ -31,3 +31,15 @@ def real_ct(data_dir: Path) -> Volume:
 def real_seg(data_dir: Path) -> np.ndarray:
     """TotalSegmentator's own 41-structure label map of ``real_ct`` (another model's output)."""
     return sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "totalsegmentator" / "example_seg.nii.gz")))
+
+
+@pytest.fixture(scope="module")
+def env():
+    """The Slicer stand-in in testing mode with the CTExplain module loaded, fresh for each test
+    module (the module's logic and scene tests): (slicer, module)."""
+    import slicer_standin
+
+    slicer = slicer_standin.install(testing=True)
+    module = slicer_standin.load_scripted_module(REPO / "CTExplain" / "CTExplain.py")
+    yield slicer, module
+    slicer_standin.uninstall()

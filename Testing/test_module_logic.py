@@ -49,14 +49,6 @@ MARKER_IJK = (30, 40, 70)  # off-centre, so a flip or transpose moves it
 MARKER_HU = 3000
 
 
-@pytest.fixture(scope="module")
-def env():
-    slicer = slicer_standin.install(testing=True)
-    module = slicer_standin.load_scripted_module(MODULE_FILE)
-    yield slicer, module
-    slicer_standin.uninstall()
-
-
 # The tests check mechanics (alignment, scene bookkeeping), so they name the small 3D demo
 # models rather than whatever the shipped defaults are.
 DEMO = {"classifier": str(resolve_package(DEMO_CLASSIFIER)), "segmenter": str(resolve_package(DEMO_SEGMENTER))}

@@ -36,14 +36,6 @@ MOTION = np.array([[np.cos(ANGLE), 0.0, np.sin(ANGLE), 30.0],
                    [0.0, 0.0, 0.0, 1.0]])
 
 
-@pytest.fixture(scope="module")
-def env():
-    slicer = slicer_standin.install(testing=True)
-    module = slicer_standin.load_scripted_module(MODULE_FILE)
-    yield slicer, module
-    slicer_standin.uninstall()
-
-
 def matrix_of(node) -> np.ndarray:
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
