@@ -301,16 +301,29 @@ def test_marked_points_give_the_clis_rows_maps_and_voxels(point_models, two_poin
 
 @pytest.mark.slow
 def test_module_logic_marks_rows_and_shows_a_points_map(point_models, two_points) -> None:
-    """The Slicer module's processPoints in the stand-in: a findings-table row per marked point
-    with the CLI's probabilities, and per point a heat-map node and a nodule label-map node on
-    the input's grid holding the CLI's files; choosing a row shows that point's pair."""
+    """The Slicer module's processPoints in the stand-in: the two points marked in a real
+    vtkMRMLMarkupsFiducialNode under a vtkMRMLLinearTransformNode (local positions, so only the
+    world ones meet the CLI's points) give a findings-table row per point with the CLI's
+    probabilities, and per point a heat-map node and a nodule label-map node on the input's grid
+    holding the CLI's files; choosing a row shows that point's pair."""
     import slicer_standin
+    import vtk
 
-    folder, cli_points, marks = two_points
+    folder, cli_points, double = two_points
     slicer = slicer_standin.install(testing=True)
     try:
         module = slicer_standin.load_scripted_module(Path(__file__).resolve().parents[1] / "CTExplain" / "CTExplain.py")
         ct = slicer.util.loadVolume(str(NODULE_SAMPLE.path))
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        matrix = vtk.vtkMatrix4x4()
+        for r in range(4):
+            for c in range(4):
+                matrix.SetElement(r, c, float(double.to_world[r, c]))
+        transform.SetMatrixTransformToParent(matrix)
+        marks = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "F")
+        marks.SetAndObserveTransformNodeID(transform.GetID())
+        for local, label in zip(double.local, double.labels):
+            marks.AddControlPoint(*local, label)
         logic = module.CTExplainLogic()
         results = logic.processPoints(ct, marks, classifier=str(point_models[0]), segmenter=str(point_models[1]), device="cpu")
         table = results["table"]
