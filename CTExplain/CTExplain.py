@@ -457,52 +457,15 @@ class CTExplainLogic(ScriptedLoadableModuleLogic):
             >>> CTExplainLogic().showPoint(results, "F-1")
         """
         from CTExplainLib.models_catalog import POINT_CLASSIFIER, POINT_SEGMENTER
-        from CTExplainLib.points.markups import explain_markups, points_table
+        from CTExplainLib.points.markups import explain_markups
+        from CTExplainSlicerLib.nodes import addPointOutputs, worldToLocal
 
         self._checkInput(inputVolumeNode)
         classifierModel, segmenterModel, _ = self._loadModels(None, classifier or POINT_CLASSIFIER, segmenter or POINT_SEGMENTER)
         volume = volume_from_node(inputVolumeNode)
         analyses = explain_markups(volume, pointListNode, classifierModel, segmenterModel, method, device,
-                                   world_to_volume=self._worldToVolume(inputVolumeNode))
-        from CTExplainSlicerLib.nodes import INPUT_ATTRIBUTE, addHeatMap, fillTable, removeNodesAddedSince
-
-        before, base = self._nodeIDs(), inputVolumeNode.GetName()
-        nodes: List[Any] = []
-        points: Dict[str, Dict[str, Any]] = {}
-        try:
-            for analysis in analyses:
-                entry: Dict[str, Any] = {"record": analysis.record, "heatMap": None, "nodule": None}
-                if analysis.ok:
-                    top = int(np.argmax(analysis.classification.probabilities))
-                    entry["heatMap"] = addHeatMap(inputVolumeNode, f"{base} CTExplain point {analysis.point.id}",
-                                                  analysis.heat_map(top, volume.grid))
-                    entry["nodule"] = slicer.util.addVolumeFromArray(analysis.nodule_labels(volume.grid),
-                                                                     ijkToRAS=ijkToRASArray(inputVolumeNode),
-                                                                     name=f"{base} CTExplain nodule {analysis.point.id}",
-                                                                     nodeClassName="vtkMRMLLabelMapVolumeNode")
-                    entry["nodule"].SetAndObserveTransformNodeID(inputVolumeNode.GetTransformNodeID())
-                    nodes += [entry["heatMap"], entry["nodule"]]
-                points[analysis.point.id] = entry
-            table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{base} CTExplain points")
-            fillTable(table, [], columns=points_table(analyses))
-            nodes.append(table)
-        except Exception:
-            removeNodesAddedSince(before)
-            raise
-        for node in nodes:
-            node.SetAttribute(INPUT_ATTRIBUTE, inputVolumeNode.GetID())
-        return {"input": inputVolumeNode, "table": table, "points": points, "nodes": nodes,
-                "heatMaps": {label: p["heatMap"] for label, p in points.items() if p["heatMap"] is not None}}
-
-    @staticmethod
-    def _worldToVolume(volumeNode) -> Optional[np.ndarray]:
-        """World RAS -> the volume's own RAS: the inverse of its parent transform (None without one)."""
-        transform = volumeNode.GetParentTransformNode()
-        if transform is None:
-            return None
-        matrix = vtk.vtkMatrix4x4()
-        transform.GetMatrixTransformToWorld(matrix)
-        return np.linalg.inv(np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]))
+                                   world_to_volume=worldToLocal(inputVolumeNode))
+        return addPointOutputs(inputVolumeNode, volume.grid, analyses)
 
     def showPoint(self, results: Dict[str, Any], label: str, opacity: Optional[float] = None) -> None:
         """Show one point's heat map (foreground) and nodule (label layer) over its input."""

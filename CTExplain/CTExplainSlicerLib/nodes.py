@@ -222,6 +222,50 @@ def addOutputs(inputVolumeNode, record: Dict[str, Any], heatMaps: Iterable[Tuple
             "topFinding": top, "record": record, "nodes": nodes}
 
 
+def worldToLocal(node) -> Optional[np.ndarray]:
+    """World RAS -> the node's own RAS, 4x4: the inverse of its parent transforms (None without one)."""
+    transform = node.GetParentTransformNode()
+    if transform is None:
+        return None
+    matrix = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformToWorld(matrix)
+    return np.linalg.inv(np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]))
+
+
+def addPointOutputs(inputVolumeNode, grid, analyses) -> Dict[str, Any]:
+    """Nodes for points explained on ``inputVolumeNode`` (``CTExplainLib.points`` analyses on its
+    ``grid``): per explained point the top class's heat map and the nodule label map, under the
+    input's transform, and one table row per point; all of them or, on a failure, none."""
+    import slicer
+    from CTExplainLib.points.markups import points_table
+
+    before, base = nodeIDs(), inputVolumeNode.GetName()
+    nodes: List[Any] = []
+    points: Dict[str, Dict[str, Any]] = {}
+    try:
+        for analysis in analyses:
+            entry: Dict[str, Any] = {"record": analysis.record, "heatMap": None, "nodule": None}
+            if analysis.ok:
+                top = int(np.argmax(analysis.classification.probabilities))
+                entry["heatMap"] = addHeatMap(inputVolumeNode, f"{base} CTExplain point {analysis.point.id}", analysis.heat_map(top, grid))
+                entry["nodule"] = slicer.util.addVolumeFromArray(analysis.nodule_labels(grid), ijkToRAS=ijkToRASArray(inputVolumeNode),
+                                                                 name=f"{base} CTExplain nodule {analysis.point.id}",
+                                                                 nodeClassName="vtkMRMLLabelMapVolumeNode")
+                entry["nodule"].SetAndObserveTransformNodeID(inputVolumeNode.GetTransformNodeID())
+                nodes += [entry["heatMap"], entry["nodule"]]
+            points[analysis.point.id] = entry
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{base} CTExplain points")
+        fillTable(table, [], columns=points_table(analyses))
+        nodes.append(table)
+    except Exception:
+        removeNodesAddedSince(before)
+        raise
+    for node in nodes:
+        node.SetAttribute(INPUT_ATTRIBUTE, inputVolumeNode.GetID())
+    return {"input": inputVolumeNode, "table": table, "points": points, "nodes": nodes,
+            "heatMaps": {label: p["heatMap"] for label, p in points.items() if p["heatMap"] is not None}}
+
+
 def replaceOutputs(inputVolumeNode, results: Dict[str, Any]) -> None:
     """Earlier outputs of this input go; the top finding's heat map is shown over the input."""
     import slicer
