@@ -301,12 +301,10 @@ def finding_anatomy(analysis: Analysis, name: str, heat: np.ndarray, regions: Op
     return record
 
 
-def analysis_record(analysis: Analysis, classifier: LoadedModel, segmenter: Optional[LoadedModel], method: str) -> Dict[str, Any]:
-    """What the CLI's result.json and the Slicer module's table share: models, method, one
-    record per finding (probability, threshold decision, raw CAM maximum), segments, warnings."""
-    classification, segmentation = analysis.classification, analysis.segmentation
-    threshold = classifier.metadata.threshold
-    findings = [
+def finding_records(classification: Classification, threshold: float) -> List[Dict[str, Any]]:
+    """One result.json record per class: probability, threshold decision, raw CAM maximum (the
+    heat map's file is filled in when it is written)."""
+    return [
         {
             "name": name,
             "probability": float(probability),
@@ -316,16 +314,29 @@ def analysis_record(analysis: Analysis, classifier: LoadedModel, segmenter: Opti
         }
         for name, probability, raw_max in zip(classification.class_names, classification.probabilities, classification.raw_max)
     ]
+
+
+def untrained_warnings(classifier: LoadedModel, segmenter: Optional[LoadedModel]) -> List[str]:
+    warnings = []
+    if classifier.metadata.untrained:
+        warnings.append(f"model {classifier.metadata.name} is UNTRAINED (random weights): its outputs show the mechanics only")
+    if segmenter is not None and segmenter.metadata.untrained:
+        warnings.append(f"segmenter {segmenter.metadata.name} is UNTRAINED (random weights): its mask is meaningless")
+    return warnings
+
+
+def analysis_record(analysis: Analysis, classifier: LoadedModel, segmenter: Optional[LoadedModel], method: str) -> Dict[str, Any]:
+    """What the CLI's result.json and the Slicer module's table share: models, method, one
+    record per finding (probability, threshold decision, raw CAM maximum), segments, warnings."""
+    classification, segmentation = analysis.classification, analysis.segmentation
+    findings = finding_records(classification, classifier.metadata.threshold)
     for index, measured in analysis.faithfulness.items():
         findings[index]["faithfulness"] = measured.to_dict()
     warnings = analysis.domain.warnings if analysis.domain is not None else []
     warnings += list(analysis.volume.metadata.get("warnings", [])) + classification.warnings
     if segmentation is not None:
         warnings += segmentation.warnings
-    if classifier.metadata.untrained:
-        warnings.append(f"model {classifier.metadata.name} is UNTRAINED (random weights): its outputs show the mechanics only")
-    if segmenter is not None and segmenter.metadata.untrained:
-        warnings.append(f"segmenter {segmenter.metadata.name} is UNTRAINED (random weights): its mask is meaningless")
+    warnings += untrained_warnings(classifier, segmenter)
     return {
         "classifier": classifier.identity,
         "segmenter": segmenter.identity if segmenter is not None else None,

@@ -33,7 +33,7 @@ from ..errors import CTExplainError
 from ..loading import load_volume
 from ..model_package import LoadedModel
 from ..montage import LegendEntry, finding_montage
-from ..pipeline import CaseResult, ExplainOptions, Progress, StageTimer, case_failures, slug
+from ..pipeline import CaseResult, ExplainOptions, Progress, StageTimer, case_failures, finding_records, slug, untrained_warnings
 from ..resample import resample_array
 from ..volume import Grid, Volume
 from ..writing import case_output_directory, write_image, write_json, write_label_map, write_png
@@ -184,9 +184,7 @@ def analyse_point(case: PointCase, classifier: LoadedModel, segmenter: Optional[
     classification = classify_and_explain(classifier, point_input.model_input, method, device)
     crop = box_of(volume.grid, point_input.box)
     analysis.classification, analysis.crop = classification, crop
-    threshold = classifier.metadata.threshold
-    findings = [{"name": name, "probability": float(p), "above_threshold": bool(p >= threshold), "cam_raw_max": float(raw)}
-                for name, p, raw in zip(classification.class_names, classification.probabilities, classification.raw_max)]
+    findings = finding_records(classification, classifier.metadata.threshold)
     record = analysis.record
     record.update(ok=True, findings=findings, centre_lps=[float(v) for v in point_input.centre],
                   crop={"start": list(crop[0]), "stop": list(crop[1])})
@@ -265,11 +263,7 @@ def write_point(volume: Volume, analysis: PointAnalysis, folder: Path, method: s
 
 
 def point_warnings(volume: Volume, classifier: LoadedModel, segmenter: Optional[LoadedModel]) -> List[str]:
-    warnings = list(volume.metadata.get("warnings", []))
-    for model, role in ((classifier, "model"), (segmenter, "segmenter")):
-        if model is not None and model.metadata.untrained:
-            warnings.append(f"{role} {model.metadata.name} is UNTRAINED (random weights): its outputs show the mechanics only")
-    return warnings
+    return list(volume.metadata.get("warnings", [])) + untrained_warnings(classifier, segmenter)
 
 
 def explain_points_case(input_path: Path, out_dir: Path, classifier: LoadedModel, segmenter: Optional[LoadedModel],
