@@ -1,16 +1,17 @@
 """A trained network → a CTExplain model package, its metadata filled from the run."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import platform
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from CTExplainLib.demo_models import PALETTE
 from CTExplainLib.model_package import ClassSpec, ModelMetadata, load_package, save_package
-from CTExplainLib.networks import get_spec
+from CTExplainLib.networks import build_network, get_spec
 
 from .config import TrainConfig
 from .engine import build_model
@@ -79,5 +80,37 @@ def export_package(
     reference = build_model(config, manifest)
     reference.load_state_dict(network.state_dict())  # the same architecture as the metadata says
     saved = save_package(path, metadata, reference.eval())
+    load_package(saved)
+    return saved
+
+
+def keep_labels(package: Path, labels: Sequence[str], out: Path, note: str) -> Path:
+    """A copy of the multilabel classifier ``package`` at ``out`` that answers only ``labels``:
+    the other rows of its output layer (the metadata's ``cam_linear_layer``) are removed. A
+    multilabel label's probability is the sigmoid of its own row, and its Grad-CAM weights
+    are that row's gradient, so every kept label's probability, map and recorded score is
+    exactly what it was; ``note`` (why the others went) is kept in the provenance."""
+    model = load_package(package)
+    metadata = model.metadata
+    names = metadata.class_names
+    unknown = [label for label in labels if label not in names]
+    if metadata.task != "multilabel" or unknown or not labels:
+        raise ValueError(f"{package}: can keep labels of a multilabel classifier only, among {', '.join(names)}; got {list(labels)}")
+    keep = [names.index(label) for label in labels]
+    layer = metadata.cam_linear_layer or ""
+    linear = dict(model.network.named_modules()).get(layer)
+    if not isinstance(linear, torch.nn.Linear) or linear.out_features != len(names):
+        raise ValueError(f"{package}: its output layer {layer!r} is not a linear layer with one row per label")
+    state = model.network.state_dict()
+    for key in (f"{layer}.weight", f"{layer}.bias"):
+        if key in state:
+            state[key] = state[key][keep].clone()
+    kwargs = dict(metadata.network_kwargs, out_channels=len(keep))
+    network = build_network(metadata.network, kwargs)
+    network.load_state_dict(state)
+    dropped = [name for name in names if name not in labels]
+    provenance = dict(metadata.provenance, labels_kept={"kept": list(labels), "dropped": dropped, "note": note})
+    kept = dataclasses.replace(metadata, classes=[metadata.classes[i] for i in keep], network_kwargs=kwargs, provenance=provenance)
+    saved = save_package(out, kept, network.eval())
     load_package(saved)
     return saved

@@ -9,12 +9,19 @@ expected calibration error on the test patients use it. Nodules rated 3 are pred
 summarised, not scored. With ``--segmenter``, the test nodules are scored once more with the
 box cut around that segmenter's outline at the table's centre, as at a user's point.
 
+``characteristics``: the same for the multilabel characteristics classifier, label by label
+(each with its own Youden threshold and diameter baseline); a label *validates* when its
+pooled out-of-fold AUC is at least ``VALIDATES_AUC`` (0.75) and above the diameter
+baseline's (:func:`validates`): decided on the folds, before the test patients are scored.
+
 ``segmenter``: the package outlines each test nodule at its ``nodules.csv`` centre, as at a
 user's point (:func:`CTExplainLib.points.outline.outline_nodule`); Dice against the readers'
 outline on the crop's grid, and the error of its sphere-equivalent diameter against ``diameter_mm``.
 
     python -m CTExplainTraining.nodule_check malignancy CTExplainTraining/recipes/lung_nodule_malignancy.json \
         --segmenter build/runs/lung-nodule-segmenter/model --record-in build/runs/lung-nodule-malignancy/model
+    python -m CTExplainTraining.nodule_check characteristics CTExplainTraining/recipes/lung_nodule_characteristics.json \
+        --keep-validated build/runs/lung-nodule-characteristics/validated
     python -m CTExplainTraining.nodule_check segmenter build/runs/lung-nodule-segmenter/model build/lidc-nodules/nodules.csv \
         --record-in build/runs/lung-nodule-segmenter/model
 """
@@ -44,6 +51,7 @@ from CTExplainLib.resample import resample_array
 
 from .config import make_config, read_recipe
 from .engine import CHECKPOINT, build_model
+from .export import keep_labels
 from .manifest import Example
 from .metrics import classification_metrics
 from .run import PACKAGE_DIR, load_manifest
@@ -51,6 +59,7 @@ from .splits import holdout_split, patient_folds
 
 LOG = logging.getLogger(__name__)
 RESULT_FILE = "nodule_check.json"
+VALIDATES_AUC = 0.75
 
 
 def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
@@ -61,20 +70,21 @@ def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def predict(network: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> np.ndarray:
+def predict(network: torch.nn.Module, inputs: Sequence[torch.Tensor], task: str = "binary") -> np.ndarray:
+    """Probabilities (N, labels) of a binary or multilabel network."""
     network.eval()
     logits = network(torch.stack(list(inputs)).float())
-    return probabilities_from_logits(logits, "binary").numpy()[:, 0]
+    return probabilities_from_logits(logits, task).numpy()
 
 
 def _mean_sd(values: Sequence[float]) -> Dict[str, float]:
     return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
-def _scored(probabilities: np.ndarray, targets: np.ndarray, threshold: float) -> Dict[str, Any]:
-    metrics = classification_metrics("binary", probabilities[:, None], targets[:, None].astype(np.float32), ["malignant"], threshold)
-    per = metrics["per_class"]["malignant"]
-    (tn, fp), (fn, tp) = metrics["confusion_matrix"]["malignant"]
+def _scored(probabilities: np.ndarray, targets: np.ndarray, threshold: float, label: str) -> Dict[str, Any]:
+    metrics = classification_metrics("binary", probabilities[:, None], targets[:, None].astype(np.float32), [label], threshold)
+    per = metrics["per_class"][label]
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"][label]
     return {"auc": per["auc"], "sensitivity": per["sensitivity"], "specificity": per["specificity"], "ece": metrics["ece"],
             "threshold": threshold, "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}, "n": metrics["n"]}
 
@@ -85,51 +95,70 @@ def _centres(nodules_csv: Path) -> Dict[str, List[float]]:
                 for row in csv.DictReader(handle)}
 
 
-def check_malignancy(recipe: Path, nodules_csv: Optional[Path] = None, segmenter: Optional[Path] = None) -> Dict[str, Any]:
+def validates(label: Dict[str, Any]) -> bool:
+    """A label validates when its pooled out-of-fold AUC reaches ``VALIDATES_AUC`` and beats the
+    diameter baseline's on the same folds (decided before the test patients are looked at)."""
+    model, diameter = label["model"]["cv_pooled"]["auc"], label["diameter"]["cv_pooled"]["auc"]
+    return bool(model >= VALIDATES_AUC and model > diameter)
+
+
+def check_classifier(recipe: Path, nodules_csv: Optional[Path] = None, segmenter: Optional[Path] = None) -> Dict[str, Any]:
+    """The scores of the module docstring for a binary (malignancy) or multilabel
+    (characteristics) nodule classifier's run, every label beside its diameter baseline."""
     config = make_config(read_recipe(recipe))
     manifest = load_manifest(config)
     spec = config.input_spec()
     examples = manifest.examples
+    labels = list(manifest.classes)
 
     def network_input(example: Example) -> torch.Tensor:
         return crop_input(load_volume(example.image), spec, mask=load_volume(example.mask)).model_input.tensor
 
     inputs = [network_input(e) for e in examples]
-    targets = np.array([float(e.target[0]) for e in examples])
+    targets = np.stack([np.asarray(e.target, dtype=float) for e in examples])  # (N, labels)
     diameter_of = diameters_by_image(Path(config.manifest))
     diameters = np.array([[diameter_of[str(e.image)]] for e in examples])
+
+    def diameter_baseline(train: List[int], scored: List[int]) -> np.ndarray:
+        return np.stack([LogisticRegression().fit(diameters[train], targets[train, j]).predict_proba(diameters[scored])[:, 1]
+                         for j in range(len(labels))], axis=1)
+
     out = Path(config.out)
     folds = patient_folds(manifest, config.cv, config.seed)
-    oof = {"model": np.full(len(examples), np.nan), "diameter": np.full(len(examples), np.nan)}
-    fold_auc: Dict[str, List[float]] = {"model": [], "diameter": []}
+    oof = {"model": np.full(targets.shape, np.nan), "diameter": np.full(targets.shape, np.nan)}
+    fold_auc: Dict[str, List[List[float]]] = {"model": [], "diameter": []}
     for fold in folds:
         network = build_model(config, manifest)
         state = torch.load(out / f"fold-{fold.index + 1}" / CHECKPOINT, map_location="cpu", weights_only=True)
         network.load_state_dict(state["best_state"])
-        oof["model"][fold.val] = predict(network, [inputs[i] for i in fold.val])
-        baseline = LogisticRegression().fit(diameters[fold.train], targets[fold.train])
-        oof["diameter"][fold.val] = baseline.predict_proba(diameters[fold.val])[:, 1]
+        oof["model"][fold.val] = predict(network, [inputs[i] for i in fold.val], config.task)
+        oof["diameter"][fold.val] = diameter_baseline(fold.train, fold.val)
         for name in oof:
-            fold_auc[name].append(float(roc_auc_score(targets[fold.val], oof[name][fold.val])))
+            fold_auc[name].append([float(roc_auc_score(targets[fold.val, j], oof[name][fold.val, j])) for j in range(len(labels))])
     pool = [i for f in folds for i in f.val]
     test = [i for i, e in enumerate(examples) if e.split == "test"]
     train = [i for i, e in enumerate(examples) if e.split != "test"]
     final = load_package(out / PACKAGE_DIR)
-    test_scores = {
-        "model": predict(final.network, [inputs[i] for i in test]),
-        "diameter": LogisticRegression().fit(diameters[train], targets[train]).predict_proba(diameters[test])[:, 1],
-    }
+    test_scores = {"model": predict(final.network, [inputs[i] for i in test], config.task), "diameter": diameter_baseline(train, test)}
+    per_label: Dict[str, Dict[str, Any]] = {}
+    for j, label in enumerate(labels):
+        per_label[label] = {}
+        for name in oof:
+            threshold = youden_threshold(targets[pool, j], oof[name][pool, j])
+            per_label[label][name] = {
+                "cv_auc": _mean_sd([auc[j] for auc in fold_auc[name]]),
+                "cv_fold_auc": [auc[j] for auc in fold_auc[name]],
+                "cv_pooled": _scored(oof[name][pool, j], targets[pool, j], threshold, label),
+                "test": _scored(test_scores[name][:, j], targets[test, j], threshold, label),
+            }
+        per_label[label]["validates"] = validates(per_label[label])
     result: Dict[str, Any] = {"recipe": str(recipe), "folds": len(folds), "test_nodules": len(test),
                               "test_patients": len({examples[i].patient for i in test})}
-    for name in oof:
-        threshold = youden_threshold(targets[pool], oof[name][pool])
-        result[name] = {
-            "cv_auc": _mean_sd(fold_auc[name]),
-            "cv_fold_auc": fold_auc[name],
-            "cv_pooled": _scored(oof[name][pool], targets[pool], threshold),
-            "test": _scored(test_scores[name], targets[test], threshold),
-        }
-    if nodules_csv is not None:
+    if len(labels) > 1:
+        result.update({"labels": per_label, "validated": [label for label in labels if per_label[label]["validates"]]})
+    else:  # the malignancy classifier's layout: its one label's scores at the top
+        result.update(per_label[labels[0]])
+    if nodules_csv is not None and len(labels) == 1:
         result["rating_3"] = _rating_three(final, spec, nodules_csv, result["model"]["test"]["threshold"])
     if segmenter is not None and nodules_csv is not None:
         # As at a user's point: the segmenter's outline at the table's centre, not the readers'.
@@ -138,8 +167,10 @@ def check_malignancy(recipe: Path, nodules_csv: Optional[Path] = None, segmenter
         at_point = [crop_input(volume, spec, centres[str(examples[i].image)], outline).model_input.tensor
                     for i in test for volume in [load_volume(examples[i].image)]
                     for outline in [outline_nodule(outliner, volume, centres[str(examples[i].image)], torch.device("cpu"))]]
-        result["model"]["test_segmenter_outline"] = _scored(predict(final.network, at_point), targets[test],
-                                                            result["model"]["test"]["threshold"])
+        probabilities = predict(final.network, at_point, config.task)
+        for j, label in enumerate(labels):
+            scores = per_label[label]["model"]
+            scores["test_segmenter_outline"] = _scored(probabilities[:, j], targets[test, j], scores["test"]["threshold"], label)
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
     return result
 
@@ -160,7 +191,7 @@ def _rating_three(model: Any, spec: Any, nodules_csv: Path, threshold: float) ->
             if int(row["malignancy"]) != 3:
                 continue
             tensor = crop_input(load_volume(row["image"]), spec, mask=load_volume(row["mask"])).model_input.tensor
-            scores["test" if row["split"] == "test" else "train"].append(float(predict(model.network, [tensor])[0]))
+            scores["test" if row["split"] == "test" else "train"].append(float(predict(model.network, [tensor])[0, 0]))
     return {
         split: {"n": len(values), "median_probability": float(np.median(values)) if values else None,
                 "called_malignant": float(np.mean(np.asarray(values) >= threshold)) if values else None}
@@ -273,9 +304,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     malignancy = commands.add_parser("malignancy")
-    malignancy.add_argument("recipe", type=Path)
-    malignancy.add_argument("--nodules", type=Path, default=Path("build/lidc-nodules/nodules.csv"))
-    malignancy.add_argument("--segmenter", type=Path, help="also score the test nodules with this point segmenter's outline")
+    characteristics = commands.add_parser("characteristics", help="the multilabel characteristics classifier, label by label")
+    for command in (malignancy, characteristics):
+        command.add_argument("recipe", type=Path)
+        command.add_argument("--nodules", type=Path, default=Path("build/lidc-nodules/nodules.csv"))
+        command.add_argument("--segmenter", type=Path, help="also score the test nodules with this point segmenter's outline")
+    characteristics.add_argument("--keep-validated", type=Path, metavar="OUT",
+                                 help="write the run's package with only the labels that validate to OUT, these numbers in it")
     segmenter = commands.add_parser("segmenter")
     segmenter.add_argument("package", type=Path)
     segmenter.add_argument("nodules", type=Path)
@@ -286,12 +321,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     attention.add_argument("classifier", type=Path)
     attention.add_argument("segmenter", type=Path)
     attention.add_argument("nodules", type=Path)
-    for command in (malignancy, segmenter):
+    for command in (malignancy, characteristics, segmenter):
         command.add_argument("--record-in", type=Path, help="a package whose provenance gets these numbers (evaluation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "malignancy":
-        result = check_malignancy(args.recipe, args.nodules, args.segmenter)
+    if args.command in ("malignancy", "characteristics"):
+        result = check_classifier(args.recipe, args.nodules, args.segmenter)
     elif args.command == "attention":
         result = check_attention(args.classifier, args.segmenter, args.nodules)
     else:
@@ -299,6 +334,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _print(result)
     if getattr(args, "record_in", None):
         record_in_package(args.record_in, result)
+    if getattr(args, "keep_validated", None):
+        package = Path(make_config(read_recipe(args.recipe)).out) / PACKAGE_DIR
+        note = (f"labels whose pooled out-of-fold AUC was below {VALIDATES_AUC} or not above the diameter baseline's on the same "
+                "folds were dropped (python -m CTExplainTraining.nodule_check characteristics); their numbers stay in 'evaluation'")
+        saved = keep_labels(package, result["validated"], args.keep_validated, note)
+        record_in_package(saved, result)
+        print(f"package with {', '.join(result['validated'])}: {saved}")
     return 0
 
 

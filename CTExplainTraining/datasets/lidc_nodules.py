@@ -14,6 +14,10 @@ What it writes into ``OUT``:
 - ``malignancy.csv``: the binary manifest, benign (rating ≤ 2) vs malignant (≥ 4); rating 3
   is left out of training and scoring (``nodules.csv`` still lists it, for prediction).
 - ``segmentation.csv``: the segmentation manifest (segments background, nodule).
+- ``characteristics.csv``: the multilabel manifest of radiological characteristics, every
+  nodule (rating 3 included), each label 0/1 by the readers' max-voting rating and the rule of
+  ``CHARACTERISTICS`` (LIDC's scales: calcification 6 = absent; spiculation and lobulation
+  1 = none .. 5 = marked; texture 1 = non-solid (ground glass), 3 = part solid, 5 = solid).
 
 The split: a fixed test set of ``TEST_FRACTION`` of the patients, drawn once with a seed and
 stratified on each patient's most suspicious rating group (≥ 4, 3, ≤ 2), marked ``test`` in
@@ -27,9 +31,9 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -52,6 +56,13 @@ CITATION = (
     "2011. doi:10.1118/1.3528204"
 )
 DATA_LICENCE = "CC BY 3.0 (LIDC-IDRI, The Cancer Imaging Archive)"
+# Each characteristic's label: (its column of nodules.csv, the rule on the max-voting rating, the rule in words).
+CHARACTERISTICS: Dict[str, Tuple[str, Callable[[int], bool], str]] = {
+    "calcified": ("Calcification_value", lambda v: v != 6, "calcification rated 1-5 (6 = absent)"),
+    "spiculated": ("Spiculation_value", lambda v: v >= 3, "spiculation >= 3 of 5"),
+    "lobulated": ("Lobulation_value", lambda v: v >= 3, "lobulation >= 3 of 5"),
+    "subsolid": ("Texture_value", lambda v: v <= 3, "texture <= 3 of 5 (non-solid or part solid)"),
+}
 NODULE_COLUMNS = ["key", "patient", "split", "image", "mask", "malignancy", "diameter_mm", "coordX", "coordY", "coordZ"]
 
 
@@ -65,6 +76,7 @@ class Nodule:
     image: Path
     mask: Path  # the nodule alone, written by prepare()
     split: str = ""
+    characteristics: Dict[str, int] = field(default_factory=dict)  # CHARACTERISTICS' labels, 0/1
 
 
 def rating_group(malignancy: int) -> str:
@@ -73,6 +85,11 @@ def rating_group(malignancy: int) -> str:
     if malignancy <= BENIGN_AT_MOST:
         return "benign"
     return "indeterminate"
+
+
+def characteristic_labels(row: Dict[str, str]) -> Dict[str, int]:
+    """The 0/1 labels of ``CHARACTERISTICS`` for one row of nodules.csv."""
+    return {name: int(rule(int(row[column]))) for name, (column, rule, _) in CHARACTERISTICS.items()}
 
 
 def read_table(root: Path) -> List[Dict[str, str]]:
@@ -134,7 +151,8 @@ def prepare(root: Path, out: Path, limit: Optional[int] = None) -> Dict[str, Pat
             continue
         centre = np.array([float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])])
         nodules.append(Nodule(row["key"], row["patient_id"], int(row["Malignancy_value"]), float(row["diameter_mm"]),
-                              centre, (root / "image" / f"{row['key']}.nii.gz").resolve(), mask.resolve()))
+                              centre, (root / "image" / f"{row['key']}.nii.gz").resolve(), mask.resolve(),
+                              characteristics=characteristic_labels(row)))
     test = set(test_patients(nodules))
     for n in nodules:
         n.split = "test" if n.patient in test else ""
@@ -143,7 +161,7 @@ def prepare(root: Path, out: Path, limit: Optional[int] = None) -> Dict[str, Pat
          "diameter_mm": n.diameter_mm, "coordX": n.centre[0], "coordY": n.centre[1], "coordZ": n.centre[2]}
         for n in nodules
     ]
-    paths = {"nodules": out / "nodules.csv", "malignancy": out / "malignancy.csv", "segmentation": out / "segmentation.csv"}
+    paths = {name: out / f"{name}.csv" for name in ("nodules", "malignancy", "segmentation", "characteristics")}
     _write_csv(paths["nodules"], NODULE_COLUMNS, listed)
     binary = [
         {"image": n.image, "mask": n.mask, "patient": n.patient, "split": n.split, "malignant": int(n.malignancy >= MALIGNANT_AT_LEAST),
@@ -153,6 +171,9 @@ def prepare(root: Path, out: Path, limit: Optional[int] = None) -> Dict[str, Pat
     _write_csv(paths["malignancy"], ["image", "mask", "patient", "split", "malignant", "diameter_mm", "key"], binary)
     _write_csv(paths["segmentation"], ["image", "mask", "patient", "split", "key"],
                [{"image": n.image, "mask": n.mask, "patient": n.patient, "split": n.split, "key": n.key} for n in nodules])
+    _write_csv(paths["characteristics"], ["image", "mask", "patient", "split", *CHARACTERISTICS, "diameter_mm", "key"],
+               [{"image": n.image, "mask": n.mask, "patient": n.patient, "split": n.split, **n.characteristics,
+                 "diameter_mm": n.diameter_mm, "key": n.key} for n in nodules])
     LOG.info("%d of %d nodules kept (%d patients, %d of them test); %d benign/malignant rows (%d malignant)",
              len(nodules), len(rows), len({n.patient for n in nodules}), len(test), len(binary), sum(r["malignant"] for r in binary))
     return paths

@@ -9,7 +9,7 @@ import pytest
 
 from CTExplainLib.loading import load_volume
 from CTExplainLib.points.crop import mask_parts
-from CTExplainTraining.datasets.lidc_nodules import Nodule, prepare, test_patients
+from CTExplainTraining.datasets.lidc_nodules import CHARACTERISTICS, Nodule, prepare, test_patients
 from CTExplainTraining.manifest import read_manifest
 from CTExplainTraining.splits import patient_folds
 
@@ -52,6 +52,24 @@ def test_malignancy_labels_leave_out_rating_three(prepared) -> None:
     assert all(e.mask is not None for e in manifest.examples)  # the box is cut around the outline
     segmentation = read_manifest(prepared["segmentation"], "segmentation", classes=["background", "nodule"])
     assert len(segmentation.examples) == ROWS
+
+
+def test_characteristics_follow_the_readers_ratings_for_every_nodule(prepared, data_dir: Path) -> None:
+    ratings = {row["key"]: row for row in _rows(data_dir / "lidc-nodules" / "nodules.csv")}
+    rows = _rows(prepared["characteristics"])
+    assert len(rows) == ROWS  # rating 3 included: these labels do not depend on malignancy
+    expected = {  # LIDC's scales, written out here independently of CHARACTERISTICS' rules
+        "calcified": lambda r: int(r["Calcification_value"]) != 6,
+        "spiculated": lambda r: int(r["Spiculation_value"]) >= 3,
+        "lobulated": lambda r: int(r["Lobulation_value"]) >= 3,
+        "subsolid": lambda r: int(r["Texture_value"]) <= 3,
+    }
+    assert set(expected) == set(CHARACTERISTICS)
+    for row in rows:
+        for name, rule in expected.items():
+            assert int(row[name]) == int(rule(ratings[row["key"]])), (row["key"], name)
+    manifest = read_manifest(prepared["characteristics"], "multilabel", label_columns=list(CHARACTERISTICS))
+    assert np.stack([e.target for e in manifest.examples]).sum(axis=0).min() > 0  # every label has positives in the first rows
 
 
 def test_test_patients_are_fixed_stratified_and_never_in_a_fold(prepared) -> None:

@@ -30,9 +30,13 @@ import torch
 from torch import nn
 
 from ..classify import classify_and_explain
+from ..errors import CTExplainError
 from ..loading import load_volume
 from ..model_package import LoadedModel
+from ..points.crop import PointError, crop_input
+from ..points.outline import outline_nodule
 from ..preprocess import ModelInput, preprocess
+from ..volume import Volume
 
 PASS_BELOW = 0.5
 PASSES = "passes"
@@ -152,11 +156,35 @@ def format_result(name: str, result: SanityResult) -> str:
     return "\n".join(lines)
 
 
+def case_input(model: LoadedModel, volume: Volume, segmenter: Optional[LoadedModel], device: torch.device) -> ModelInput:
+    """The network input of one case as the core builds it: the whole CT preprocessed, or for a
+    point model (``input.crop``) the box its crop policy cuts at the image's centre, around
+    ``segmenter``'s outline there for a nodule crop: the cases of a point model are nodule
+    crops, the kind of image it was trained on, with the nodule at their centre."""
+    spec = model.metadata.input
+    if spec.crop is None:
+        return preprocess(volume, spec)
+    centre = volume.grid.index_to_point((np.asarray(volume.grid.size) - 1) / 2.0)
+    outline = None
+    if spec.crop.mode == "nodule":
+        if segmenter is None:
+            raise CTExplainError(f"{model.path}: model {model.metadata.name} cuts its input around the nodule's outline: "
+                                 "give the point segmenter that outlines it (--segmenter)")
+        outline = outline_nodule(segmenter, volume, centre, device)
+    return crop_input(volume, spec, centre, outline).model_input
+
+
 def check_files(model: LoadedModel, cases: Sequence[Path], image_spacing: Optional[Sequence[float]] = None, method: str = "gradcam",
-                device: torch.device = torch.device("cpu"), seed: int = SEED) -> SanityResult:
-    """:func:`check_model` on CT files or folders, each loaded and preprocessed as the core does."""
+                device: torch.device = torch.device("cpu"), seed: int = SEED, segmenter: Optional[LoadedModel] = None) -> SanityResult:
+    """:func:`check_model` on CT files or folders, each loaded and made into the network's input
+    as the core does (:func:`case_input`)."""
     spacing = tuple(float(s) for s in image_spacing) if image_spacing else None
-    inputs = [preprocess(load_volume(case, image_spacing=spacing), model.metadata.input) for case in cases]
+    inputs = []
+    for case in cases:
+        try:
+            inputs.append(case_input(model, load_volume(case, image_spacing=spacing), segmenter, device))
+        except PointError as exc:
+            raise CTExplainError(f"{case}: {exc}") from exc
     return check_model(model, inputs, [str(case) for case in cases], method, device, seed)
 
 

@@ -20,6 +20,8 @@ def add_check_model_parser(commands: "argparse._SubParsersAction", formatter: ty
                                 formatter_class=formatter)
     check.add_argument("package", help="classifier package (folder or name)")
     check.add_argument("cases", nargs="+", type=Path, help="CT files or folders the maps are compared on")
+    check.add_argument("--segmenter", help="point models that cut their box around the nodule's outline (lung-nodule-malignancy): the "
+                       "point segmenter that outlines each case at its centre; the cases are then nodule crops")
     check.add_argument("--method", choices=METHODS, default="gradcam", help="class activation map method")
     check.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), help="voxel spacing in mm of PNG/JPEG slices, which carry none (default: none; such inputs need it)")
     check.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="compute device")
@@ -42,9 +44,10 @@ def run_check_model(args: argparse.Namespace) -> int:
         if missing is not None:
             raise CTExplainError(f"{args.package}: no such package installed (only its untrained stand-in {path.name})")
         model = load_package(path)
+        segmenter = load_package(locate_package(args.segmenter)[0]) if args.segmenter else None
         if model.metadata.task == "segmentation" or not model.metadata.cam_target_layer:
             raise CTExplainError(f"{model.path}: is not a classifier with a CAM target layer: there are no maps to check")
-        result = check_files(model, args.cases, args.spacing, args.method, resolve_device(args.device), args.seed)
+        result = check_files(model, args.cases, args.spacing, args.method, resolve_device(args.device), args.seed, segmenter)
     except (CTExplainError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
