@@ -68,7 +68,7 @@ class CTExplain(ScriptedLoadableModule):
             "doi:10.1148/ryai.230024), Apache-2.0, whose liver mask is TotalSegmentator's output, and "
             "LIDC-IDRI (Armato S. G. et al., Med. Phys. 2011, doi:10.1118/1.3528204; TCIA, CC BY 3.0) "
             "with threshold lung masks. "
-            "lung-nodule-segmenter and lung-nodule-malignancy: LIDC-IDRI nodule crops with the readers' outlines "
+            "lung-nodule-segmenter, lung-nodule-malignancy and lung-nodule-characteristics: LIDC-IDRI nodule crops with the readers' outlines "
             "and ratings (via PabloLION/ct-slicing; same citation and licence). "
             "chest-ct-4class: Kaggle 'Chest CT-Scan images' (mohamedhanyyy), deduplicated. "
             "covid-infection-2d and covid-consolidation-2d: MedSeg COVID-19 CT segmentations as prepared by Inf-Net (Fan D.-P. "

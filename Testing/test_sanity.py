@@ -74,7 +74,7 @@ def test_recorded_numbers_are_reproduced_and_a_planted_no_op_is_caught(monkeypat
 
 def test_shipped_classifiers_carry_a_sanity_check() -> None:
     verdicts = {}
-    for name in ("head-ct-ich-findings", "chest-ct-4class", "covid-consolidation-2d"):
+    for name in ("head-ct-ich-findings", "chest-ct-4class", "covid-consolidation-2d", "lung-nodule-malignancy", "lung-nodule-characteristics"):
         record = load_package(MODELS / name).metadata.sanity_check
         assert record is not None and record["cases"] and record["steps"]
         verdicts[name] = record["verdict"]
@@ -96,3 +96,21 @@ def test_bad_sanity_check_field_is_refused(tmp_path: Path) -> None:
 def test_check_model_refuses_a_segmenter(capsys) -> None:
     assert main(["check-model", str(MODELS / "chest-ct-segmenter"), str(COVID_SLICE)]) == 2
     assert "no maps to check" in capsys.readouterr().err
+
+
+def test_a_point_model_is_checked_on_nodule_crops_cut_as_at_a_point(capsys, data_dir: Path) -> None:
+    """lung-nodule-malignancy's recorded correlations for one of its cases come out again when
+    the crop is outlined at its centre by the segmenter; without a segmenter, one line says
+    what is missing."""
+    model = load_package(MODELS / "lung-nodule-malignancy")
+    recorded = model.metadata.sanity_check
+    case = data_dir / "lidc-nodules" / "image" / "LIDC-IDRI-0037_R_2.nii.gz"
+    column = [Path(c).name for c in recorded["cases"]].index(case.name)
+    result = sanity.check_files(model, [case], segmenter=load_package(MODELS / "lung-nodule-segmenter"))
+    for step, stored in zip(result.steps, recorded["steps"]):
+        assert step.spearman_mean == pytest.approx(stored["spearman_per_case"][column], abs=2e-3)
+    assert abs(result.steps[0].spearman_mean) > 0.1  # this case keeps some order: a real number, not a flat map's 0
+
+    assert main(["check-model", str(MODELS / "lung-nodule-malignancy"), str(case)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--segmenter" in error and len(error.splitlines()) == 1

@@ -166,3 +166,16 @@ def test_covid_consolidation_reproduces_its_recorded_test_scores_through_the_cor
     assert len(rows) == recorded["n"]
     assert abs(roc_auc_score(truth, scores) - recorded["auc_macro"]) < 1e-6
     assert float(((scores >= model.metadata.threshold) == truth).mean()) == pytest.approx(recorded["accuracy"])
+
+
+def test_nodule_segmenter_reproduces_its_recorded_test_dice_through_the_core(lidc_nodules: dict) -> None:
+    """Each test nodule outlined at its nodules.csv centre as at a user's point
+    (CTExplainLib.points.outline): the Dice against the readers' outlines the package records."""
+    from CTExplainTraining.nodule_check import check_segmenter
+
+    package = resolve_package("lung-nodule-segmenter")
+    recorded = load_package(package).metadata.provenance["evaluation"]
+    measured = check_segmenter(package, lidc_nodules["nodules"])
+    assert measured["nodules"] == recorded["nodules"] == 143
+    assert measured["dice_mean"] == pytest.approx(recorded["dice_mean"], abs=1e-6)
+    assert measured["diameter_error_mm"]["mean_absolute"] == pytest.approx(recorded["diameter_error_mm"]["mean_absolute"], abs=1e-6)

@@ -21,7 +21,7 @@ def add_check_model_parser(commands: "argparse._SubParsersAction", formatter: ty
     check.add_argument("package", help="classifier package (folder or name)")
     check.add_argument("cases", nargs="+", type=Path, help="CT files or folders the maps are compared on")
     check.add_argument("--segmenter", help="point models that cut their box around the nodule's outline (lung-nodule-malignancy): the "
-                       "point segmenter that outlines each case at its centre; the cases are then nodule crops")
+                       "point segmenter that outlines each case at its centre; the cases are then nodule crops (default: none)")
     check.add_argument("--method", choices=METHODS, default="gradcam", help="class activation map method")
     check.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), help="voxel spacing in mm of PNG/JPEG slices, which carry none (default: none; such inputs need it)")
     check.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="compute device")
