@@ -252,8 +252,6 @@ def check_segmenter(package: Path, nodules_csv: Path, split: str = "test", thres
                              "readers": float(np.median([r["readers_outline"]["volume_ml"] for r in rows_out if "readers_outline" in r]))},
         "per_nodule": rows_out,
     }
-    if split == "test":
-        (Path(package).parent / RESULT_FILE).write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -331,6 +329,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = check_attention(args.classifier, args.segmenter, args.nodules)
     else:
         result = check_segmenter(args.package, args.nodules, args.split, args.threshold, args.recipe)
+        if args.split == "test":  # beside the run's package, with the per-nodule rows
+            (Path(args.package).parent / RESULT_FILE).write_text(json.dumps(result, indent=2))
     _print(result)
     if getattr(args, "record_in", None):
         record_in_package(args.record_in, result)
