@@ -40,7 +40,9 @@ sample and one class at a time, one forward per step over 2D numpy images; Captu
 deletion or insertion curve (its infidelity and sensitivity are other measures). Neither
 batches classes or steps, which is the whole cost on a 3D CT, and Quantus would bring OpenCV,
 scikit-image and pandas into Slicer's Python. So the curves are computed here, and tested
-against a straightforward loop of one forward per class and step.
+against a straightforward loop of one forward per class and step, and against Quantus'
+PixelFlipping on a small 2D case (``Testing/test_faithfulness.py``; Quantus is a test
+dependency only).
 """
 from __future__ import annotations
 
