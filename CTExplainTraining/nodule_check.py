@@ -10,7 +10,8 @@ summarised, not scored. With ``--segmenter``, the test nodules are scored once m
 box cut around that segmenter's outline at the table's centre, as at a user's point.
 
 ``characteristics``: the same for the multilabel characteristics classifier, label by label
-(each with its own Youden threshold and diameter baseline); a label *validates* when its
+(each beside its own diameter baseline; sensitivity and specificity at the package's one
+threshold, which every label's call uses, and the baseline's at its Youden threshold); a label *validates* when its
 pooled out-of-fold AUC is at least ``VALIDATES_AUC`` (0.75) and above the diameter
 baseline's (:func:`validates`): decided on the folds, before the test patients are scored.
 
@@ -144,7 +145,9 @@ def check_classifier(recipe: Path, nodules_csv: Optional[Path] = None, segmenter
     for j, label in enumerate(labels):
         per_label[label] = {}
         for name in oof:
-            threshold = youden_threshold(targets[pool, j], oof[name][pool, j])
+            # One label (malignancy): Youden's threshold, which its recipe then records as the package's.
+            # Several: the model at the package's one threshold, which every label's call uses.
+            threshold = config.threshold if len(labels) > 1 and name == "model" else youden_threshold(targets[pool, j], oof[name][pool, j])
             per_label[label][name] = {
                 "cv_auc": _mean_sd([auc[j] for auc in fold_auc[name]]),
                 "cv_fold_auc": [auc[j] for auc in fold_auc[name]],
