@@ -261,14 +261,15 @@ def check_segmenter(package: Path, nodules_csv: Path, split: str = "test", thres
 def check_attention(classifier: Path, segmenter: Path, nodules_csv: Path, split: str = "test") -> Dict[str, Any]:
     """Where the malignancy map lies at each nodule of ``split``: point mode (the segmenter's
     outline at the nodules.csv centre, the classifier's Grad-CAM on its box) on the nodule's crop,
-    the share of the map's energy inside the outline against the share of the crop it fills."""
+    the share of the map's energy inside the outline against the share of the crop it fills, and
+    the map's faithfulness (fast: its median score and the share called faithful)."""
     from CTExplainLib.points.points_file import MarkedPoint
     from CTExplainLib.points.run import explain_points
 
     models = load_package(classifier), load_package(segmenter)
     with open(nodules_csv, newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["split"] == split]
-    energy, share, failed = [], [], 0
+    energy, share, faithful, failed = [], [], [], 0
     for row in rows:
         point = MarkedPoint(row["key"], (float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])))
         record = explain_points(load_volume(row["image"]), *models, [point], device="cpu")[0].record
@@ -277,10 +278,13 @@ def check_attention(classifier: Path, segmenter: Path, nodules_csv: Path, split:
             continue
         energy.append(max(f["energy_in_nodule"] for f in record["findings"]))
         share.append(record["nodule"]["share_of_crop"])
+        faithful.append(record["findings"][0]["faithfulness"])  # point mode's default: fast
     lift = np.asarray(energy) / np.maximum(np.asarray(share), 1e-9)
     return {"split": split, "nodules": len(rows), "patients": len({r["patient"] for r in rows}), "no_outline": failed,
             "energy_in_nodule_median": float(np.median(energy)), "nodule_share_of_crop_median": float(np.median(share)),
-            "lift_median": float(np.median(lift)), "lift_above_1": float(np.mean(lift > 1.0))}
+            "lift_median": float(np.median(lift)), "lift_above_1": float(np.mean(lift > 1.0)),
+            "faithfulness_score_median": float(np.median([f["score"] for f in faithful])),
+            "faithful_share": float(np.mean([f["verdict"] == "faithful" for f in faithful]))}
 
 
 def record_in_package(package: Path, result: Dict[str, Any]) -> None:

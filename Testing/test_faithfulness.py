@@ -254,5 +254,7 @@ def test_explain_reports_faithfulness_per_finding(tmp_path: Path, capsys) -> Non
 def test_auto_mode_is_fast_for_slice_models_and_off_for_3d() -> None:
     assert faithfulness.resolve_mode("auto", 2) == "fast" and faithfulness.resolve_mode("auto", 3) == "off"
     assert faithfulness.resolve_mode("full", 3) == "full"
+    assert faithfulness.resolve_mode("auto", 3, at_point=True) == "fast"  # a point model's input is a small crop
+    assert faithfulness.resolve_mode("off", 3, at_point=True) == "off"
     with pytest.raises(ValueError, match="faithfulness must be one of"):
         faithfulness.resolve_mode("quick", 2)

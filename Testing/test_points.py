@@ -23,6 +23,7 @@ from CTExplainLib.points.crop import crop_input
 from CTExplainLib.points.outline import outline_nodule
 from CTExplainLib.points.points_file import MarkedPoint, points_for_cases, read_points_file
 from CTExplainLib.points.run import explain_points
+from CTExplainLib.trust import faithfulness
 from CTExplainLib.volume import LPS_TO_RAS, Grid
 
 NODULE = NODULE_SAMPLE.points[0]  # nodules.csv centre of LIDC-IDRI-0001's nodule (LPS mm)
@@ -122,6 +123,11 @@ def test_maps_and_nodule_on_the_input_grid(cohort_run, point_models, sample_grid
     assert abs(share - entry["findings"][0]["energy_in_nodule"]) < 0.05
     assert 0 < entry["nodule"]["share_of_crop"] < 1
     assert (folder / entry["montage"]).is_file()
+    # Faithfulness of every class's map on the crop, measured by default ("auto" is fast for point models).
+    for finding in entry["findings"]:
+        faithful = finding["faithfulness"]
+        assert faithful["mode"] == "fast" and faithful["verdict"] in ("faithful", "no better than random")
+        assert len(faithful["deletion_curve"]) == faithfulness.MODES["fast"].steps + 1
 
 
 @pytest.mark.slow
@@ -143,11 +149,13 @@ def test_cli_probability_is_the_models_at_the_crop(cohort_run, point_models) -> 
 def test_ras_points_and_in_memory_entry_agree(cohort_run, point_models, tmp_path: Path, capsys) -> None:
     _, _, record, _ = cohort_run
     ras = LPS_TO_RAS @ np.asarray(NODULE)
-    status, _, err = run(["explain", str(NODULE_SAMPLE.path), "--point", *map(str, ras), "--ras",
+    status, out, err = run(["explain", str(NODULE_SAMPLE.path), "--point", *map(str, ras), "--ras",
                           "--model", str(point_models[0]), "--segmenter", str(point_models[1]),
                           "--out", str(tmp_path), "--device", "cpu", "--no-progress"], capsys)
     assert status == 0, err
     again = json.loads((tmp_path / NODULE_SAMPLE.name / "result.json").read_text())["points"][0]
+    faithful = again["findings"][0]["faithfulness"]  # the summary shows the top finding's map's faithfulness
+    assert f"1:{again['findings'][0]['name']}" in out and f"{faithful['verdict']} {faithful['score']:+.3f}" in out
     np.testing.assert_allclose(again["lps"], NODULE, atol=1e-9)
     assert abs(again["findings"][0]["probability"] - record["points"][1]["findings"][0]["probability"]) < 1e-6
     classifier, segmenter = (load_package(p) for p in point_models)
@@ -292,6 +300,8 @@ def test_marked_points_give_the_clis_rows_maps_and_voxels(point_models, two_poin
         assert abs(table["Probability"][row] - entry["findings"][0]["probability"]) < 1e-6
         assert abs(table["Diameter mm"][row] - entry["nodule"]["diameter_mm"]) < 1e-6
         assert abs(table["Energy in nodule"][row] - entry["findings"][0]["energy_in_nodule"]) < 1e-6
+        assert table["Faithfulness"][row] == entry["findings"][0]["faithfulness"]["verdict"]
+        assert abs(table["Faithfulness score"][row] - entry["findings"][0]["faithfulness"]["score"]) < 1e-6
         heat = analysis.heat_map(0, grid)
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / entry["findings"][0]["heat_map"])))
         assert heat.shape == grid.shape and np.abs(heat - written).max() < 1e-6

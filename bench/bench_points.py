@@ -10,7 +10,11 @@ wall clock there measures other jobs' load), medians over points and repeats:
     load_s                      loading the series and its body mask (once per CT)
     seconds_per_point           median seconds of one point's analysis once the CT is loaded:
                                 location check, segmenter, crop, classifier with Grad-CAM of
-                                every class, nodule size and map share (points/run.analyse_point)
+                                every class, nodule size and map share (points/run.analyse_point,
+                                --faithfulness off)
+    seconds_per_point_faithful  the same with the maps' faithfulness (fast, the default "auto"
+                                for point models), measured on the same points in the same run
+    faithful_over_point         seconds_per_point_faithful / seconds_per_point
     seconds_per_point_written   the same plus writing the point's files (full-grid heat maps and
                                 nodule label map, gzip NRRD, and the montage)
     extra_points_s              all points of a repeat minus its first, per extra point
@@ -86,14 +90,14 @@ def main() -> int:
     load_s += _timed(lambda: load_volume(SERIES))  # the load itself, timed again as the body mask was
     centre = np.asarray(NODULE_SAMPLE.points[0])
     points = [MarkedPoint(str(n), tuple(centre + np.asarray(o, float))) for n, o in enumerate(OFFSETS_MM[: args.points], 1)]
-    analyse_point(case, classifier, segmenter, points[0], "gradcam", device)  # warm-up (first-call allocations)
-    per_point, wall_per_point, written, extra, compute = [], [], [], [], []
+    analyse_point(case, classifier, segmenter, points[0], "gradcam", device, "fast")  # warm-up (first-call allocations)
+    per_point, wall_per_point, written, extra, compute, faithful = [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeat):
             times = []
             for point in points:
                 wall = time.perf_counter()
-                seconds = _timed(lambda: times.append(analyse_point(case, classifier, segmenter, point, "gradcam", device)))
+                seconds = _timed(lambda: times.append(analyse_point(case, classifier, segmenter, point, "gradcam", device, "off")))
                 wall_per_point.append(time.perf_counter() - wall)
                 per_point.append(seconds)
                 analysis = times[-1]
@@ -101,6 +105,7 @@ def main() -> int:
                 folder = Path(scratch) / f"r{repeat}"
                 folder.mkdir(exist_ok=True)
                 written.append(seconds + _timed(lambda: write_point(case.volume, analysis, folder, "gradcam", ".nrrd")))
+                faithful.append(_timed(lambda: analyse_point(case, classifier, segmenter, point, "gradcam", device, "fast")))
             extra.append((sum(per_point[-len(points):]) - per_point[-len(points)]) / max(1, len(points) - 1))
             compute += [model_compute(case.volume, classifier, segmenter, point.lps, device) for point in points]
     seconds_per_point = statistics.median(per_point)
@@ -109,6 +114,8 @@ def main() -> int:
     print(f"load_s={load_s:.3f}")
     print(f"seconds_per_point={seconds_per_point:.3f}")
     print(f"wall_seconds_per_point={statistics.median(wall_per_point):.3f}")
+    print(f"seconds_per_point_faithful={statistics.median(faithful):.3f}")
+    print(f"faithful_over_point={statistics.median(faithful) / seconds_per_point:.2f}")
     print(f"seconds_per_point_written={statistics.median(written):.3f}")
     print(f"extra_points_s={statistics.median(extra):.3f}")
     print(f"model_compute_s={model_s:.3f}")

@@ -35,7 +35,7 @@ from .outputs.report import write_case_report
 from .preprocess import preprocess
 from .segment import Segmentation, segment
 from .slice_labels import positive_slices
-from .trust.faithfulness import CHOICES as FAITHFULNESS_CHOICES, DEFAULT as DEFAULT_FAITHFULNESS, Faithfulness, measure as measure_faithfulness, resolve_mode
+from .trust.faithfulness import CHOICES as FAITHFULNESS_CHOICES, DEFAULT as DEFAULT_FAITHFULNESS, Faithfulness, measure as measure_faithfulness, resolve_for
 from .trust.choice import Chooser
 from .trust.domain import DomainReport, InputProfile, check_input, enforce
 from .volume import Volume, image_backed_array
@@ -200,7 +200,7 @@ def analyse(
 
 def _measures_faithfulness(options: ExplainOptions, classifier: LoadedModel) -> bool:
     valid = options.faithfulness in FAITHFULNESS_CHOICES  # else analyse reports it
-    return valid and resolve_mode(options.faithfulness, classifier.metadata.input.spatial_dims) != "off"
+    return valid and resolve_for(options.faithfulness, classifier) != "off"
 
 
 def case_stages(with_segmenter: bool, before: Sequence[str], after: Sequence[str], faithful: bool = False) -> List[str]:

@@ -41,6 +41,7 @@ from ..findings_table import TableColumn
 from ..model_package import LoadedModel
 from ..volume import LPS_TO_RAS, Volume
 from .points_file import MarkedPoint, safe_id
+from ..trust.faithfulness import DEFAULT as DEFAULT_FAITHFULNESS
 from .run import PointAnalysis, explain_points
 
 
@@ -63,27 +64,31 @@ def marked_points(markups: Any, world_to_volume: Optional[np.ndarray] = None) ->
 
 
 def explain_markups(volume: Volume, markups: Any, classifier: LoadedModel, segmenter: Optional[LoadedModel],
-                    method: str = "gradcam", device: str = "auto", world_to_volume: Optional[np.ndarray] = None) -> List[PointAnalysis]:
+                    method: str = "gradcam", device: str = "auto", world_to_volume: Optional[np.ndarray] = None,
+                    faithfulness: str = DEFAULT_FAITHFULNESS) -> List[PointAnalysis]:
     """Every control point of ``markups`` explained on ``volume`` (see the module docstring)."""
-    return explain_points(volume, classifier, segmenter, marked_points(markups, world_to_volume), method, device)
+    return explain_points(volume, classifier, segmenter, marked_points(markups, world_to_volume), method, device, faithfulness)
 
 
 def points_table(analyses: Sequence[PointAnalysis]) -> List[TableColumn]:
     """One row per point: its label, the top class and its probability, the nodule's diameter
     and volume, the share of that class's map inside the nodule beside the nodule's share of
-    the crop, and the error of a point that could not be used (NaN where there is no value)."""
+    the crop, that map's faithfulness (verdict and score) and the error of a point that could
+    not be used (NaN or empty where there is no value)."""
     columns: List[TableColumn] = [("Point", "string", []), ("Finding", "string", []), ("Probability", "double", []),
                                   ("Diameter mm", "double", []), ("Volume mL", "double", []),
-                                  ("Energy in nodule", "double", []), ("Nodule share of crop", "double", []), ("Error", "string", [])]
+                                  ("Energy in nodule", "double", []), ("Nodule share of crop", "double", []),
+                                  ("Faithfulness", "string", []), ("Faithfulness score", "double", []), ("Error", "string", [])]
     nan = float("nan")
     for analysis in analyses:
         record = analysis.record
         findings = record.get("findings") or []
         top = max(findings, key=lambda f: f["probability"]) if findings else {}
         nodule = record.get("nodule") or {}
+        faithful = top.get("faithfulness") or {}
         values = [analysis.point.id, top.get("name", ""), float(top.get("probability", nan)), float(nodule.get("diameter_mm", nan)),
                   float(nodule.get("volume_ml", nan)), float(top.get("energy_in_nodule", nan)), float(nodule.get("share_of_crop", nan)),
-                  analysis.error]
+                  str(faithful.get("verdict", "")), float(faithful.get("score", nan)), analysis.error]
         for (_, _, column), value in zip(columns, values):
             column.append(value)
     return columns

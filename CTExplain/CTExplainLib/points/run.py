@@ -35,6 +35,7 @@ from ..model_package import LoadedModel
 from ..montage import LegendEntry, finding_montage
 from ..pipeline import CaseResult, ExplainOptions, Progress, StageTimer, case_failures, finding_records, slug, untrained_warnings
 from ..resample import resample_array
+from ..trust.faithfulness import DEFAULT as DEFAULT_FAITHFULNESS, caption as faithfulness_caption, measure as measure_faithfulness
 from ..volume import Grid, Volume
 from ..writing import case_output_directory, write_image, write_json, write_label_map, write_png
 from .crop import PointError, crop_input
@@ -167,9 +168,11 @@ def _nodule_on(mask: Volume, nodule: np.ndarray, target: Grid) -> np.ndarray:
 
 
 def analyse_point(case: PointCase, classifier: LoadedModel, segmenter: Optional[LoadedModel], point: MarkedPoint,
-                  method: str, device: torch.device) -> PointAnalysis:
-    """One point through steps 1-4 of the module docstring; a :class:`PointError` becomes the
-    entry's error (naming the point), other failures propagate."""
+                  method: str, device: torch.device, faithfulness: str = DEFAULT_FAITHFULNESS) -> PointAnalysis:
+    """One point through steps 1-4 of the module docstring, and the faithfulness of every class's
+    map on the crop (``faithfulness``: a mode of trust/faithfulness.py; "auto" is fast for point
+    models); a :class:`PointError` becomes the entry's error (naming the point), other failures
+    propagate."""
     started = time.perf_counter()
     analysis = PointAnalysis(point, record={**point.to_dict(), "ok": False, "error": ""})
     volume = case.volume
@@ -185,6 +188,9 @@ def analyse_point(case: PointCase, classifier: LoadedModel, segmenter: Optional[
     crop = box_of(volume.grid, point_input.box)
     analysis.classification, analysis.crop = classification, crop
     findings = finding_records(classification, classifier.metadata.threshold)
+    measured = measure_faithfulness(classifier, point_input.model_input.tensor, classification, range(len(findings)), faithfulness, device)
+    for index, faithful in measured.items():
+        findings[index]["faithfulness"] = faithful.to_dict()
     record = analysis.record
     record.update(ok=True, findings=findings, centre_lps=[float(v) for v in point_input.centre],
                   crop={"start": list(crop[0]), "stop": list(crop[1])})
@@ -204,16 +210,16 @@ def analyse_point(case: PointCase, classifier: LoadedModel, segmenter: Optional[
 
 
 def explain_points(volume: Volume, classifier: LoadedModel, segmenter: Optional[LoadedModel], points: Sequence[MarkedPoint],
-                   method: str = "gradcam", device: str = "auto") -> List[PointAnalysis]:
+                   method: str = "gradcam", device: str = "auto", faithfulness: str = DEFAULT_FAITHFULNESS) -> List[PointAnalysis]:
     """Every point of one loaded CT, in memory (the Slicer module's entry point)."""
     check_point_models(classifier, segmenter)
     case = PointCase(volume)
     chosen = resolve_device(device)
-    return [analyse_point(case, classifier, segmenter, point, method, chosen) for point in points]
+    return [analyse_point(case, classifier, segmenter, point, method, chosen, faithfulness) for point in points]
 
 
 def point_montage(volume: Volume, analysis: PointAnalysis, heat: np.ndarray, labels: Optional[np.ndarray], title: str,
-                  segments: Optional[List[LegendEntry]] = None) -> np.ndarray:
+                  segments: Optional[List[LegendEntry]] = None, caption: Optional[str] = None) -> np.ndarray:
     """Key slices of the crop, MONTAGE_MM in-plane around the point: CT, map, nodule outline."""
     assert analysis.crop is not None
     grid = volume.grid
@@ -224,7 +230,7 @@ def point_montage(volume: Volume, analysis: PointAnalysis, heat: np.ndarray, lab
     box: Box = ((int(start[0]), int(start[1]), analysis.crop[0][2]), (int(stop[0]), int(stop[1]), analysis.crop[1][2]))
     view = Volume(_view(volume.array, box), grid.box(*box), metadata=dict(volume.metadata))
     return finding_montage(view, _view(heat, box), None if labels is None else _view(labels, box), title,
-                           window=LUNG_WINDOW, radiological=True, first_slice=box[0][2], segments=segments)
+                           window=LUNG_WINDOW, radiological=True, first_slice=box[0][2], segments=segments, caption=caption)
 
 
 def nodule_legend(segmenter: Optional[LoadedModel]) -> Optional[List[LegendEntry]]:
@@ -257,7 +263,9 @@ def write_point(volume: Volume, analysis: PointAnalysis, folder: Path, method: s
             if share is not None:
                 title += f"  {100 * share:.0f}% of map in nodule"
             analysis.record["montage"] = f"montage_point_{analysis.point.id}.png"
-            write_png(point_montage(volume, analysis, heat, labels, title, segments), folder / analysis.record["montage"])
+            measured = finding.get("faithfulness")
+            write_png(point_montage(volume, analysis, heat, labels, title, segments, faithfulness_caption(measured) if measured else None),
+                      folder / analysis.record["montage"])
     assert heat is not None
     return heat
 
@@ -281,7 +289,7 @@ def explain_points_case(input_path: Path, out_dir: Path, classifier: LoadedModel
         with timer.stage("load"):
             volume = load_volume(input_path, series_uid=options.series_uid, image_spacing=options.image_spacing)
         with timer.stage("points"):
-            analyses = explain_points(volume, classifier, segmenter, points, options.method, options.device)
+            analyses = explain_points(volume, classifier, segmenter, points, options.method, options.device, options.faithfulness)
         extension = "." + options.image_format
         with case_output_directory(out_dir) as staging, timer.stage("write"):
             heat: Optional[np.ndarray] = None
@@ -308,6 +316,7 @@ def explain_points_case(input_path: Path, out_dir: Path, classifier: LoadedModel
         result.error = "\n".join(failed)  # one line per point
         worked = [a for a in analyses if a.ok]
         result.probabilities = {f"{a.point.id}:{f['name']}": f["probability"] for a in worked for f in a.record["findings"]}
+        result.faithfulness = {f"{a.point.id}:{f['name']}": f["faithfulness"] for a in worked for f in a.record["findings"] if "faithfulness" in f}
         result.warnings = record["warnings"]
     result.timings = dict(timer.seconds)
     result.elapsed_s = time.perf_counter() - started

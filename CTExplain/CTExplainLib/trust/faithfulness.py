@@ -89,7 +89,8 @@ MODES: Dict[str, Mode] = {
 }
 # "auto" (choices.py), the default of ``ctexplain explain`` and the Slicer module, chosen by measured cost:
 # fast for 2D slice models, where it perturbs a few key slices (on the sample head CT about
-# five times the classifier's own pass over all 25 slices), off for 3D models, where every
+# five times the classifier's own pass over all 25 slices), fast for point models, whose input
+# is a small crop (32x32x16 for the nodule models: milliseconds), off for 3D models, where every
 # perturbed input is a whole volume ((findings + 2) x 14 + 2 network inputs: about 100 forward
 # passes for 18 findings, bench/bench_faithfulness.py); ask for fast or full to have them.
 AUTO = "auto"
@@ -98,13 +99,20 @@ DEFAULT = DEFAULT_FAITHFULNESS
 assert CHOICES == (AUTO, "off") + tuple(MODES) and DEFAULT == AUTO
 
 
-def resolve_mode(mode_name: str, spatial_dims: int) -> str:
-    """The mode ``mode_name`` means for a model of ``spatial_dims``: "auto" -> fast (2D) or off (3D)."""
+def resolve_mode(mode_name: str, spatial_dims: int, at_point: bool = False) -> str:
+    """The mode ``mode_name`` means for a model of ``spatial_dims``: "auto" -> fast for 2D models
+    and for point models (``at_point``: their input is a small crop), off for whole-volume 3D."""
     if mode_name not in CHOICES:
         raise ValueError(f"faithfulness must be one of {', '.join(CHOICES)}, got {mode_name!r}")
     if mode_name == AUTO:
-        return "fast" if spatial_dims == 2 else "off"
+        return "fast" if spatial_dims == 2 or at_point else "off"
     return mode_name
+
+
+def resolve_for(mode_name: str, model: LoadedModel) -> str:
+    """:func:`resolve_mode` for a loaded classifier."""
+    spec = model.metadata.input
+    return resolve_mode(mode_name, spec.spatial_dims, spec.crop is not None)
 
 
 @dataclass
@@ -333,7 +341,7 @@ def measure(model: LoadedModel, inputs: torch.Tensor, classification: "Classific
     network on ``device`` (the CPU if CUDA runs out of memory, with a warning in the
     classification's warnings)."""
     metadata = model.metadata
-    mode_name = resolve_mode(mode_name, metadata.input.spatial_dims)
+    mode_name = resolve_for(mode_name, model)
     if mode_name == "off":
         return {}
     maps = torch.from_numpy(classification.maps)
