@@ -56,12 +56,12 @@ CITATION = (
     "2011. doi:10.1118/1.3528204"
 )
 DATA_LICENCE = "CC BY 3.0 (LIDC-IDRI, The Cancer Imaging Archive)"
-# Each characteristic's label: (its column of nodules.csv, the rule on the max-voting rating, the rule in words).
-CHARACTERISTICS: Dict[str, Tuple[str, Callable[[int], bool], str]] = {
-    "calcified": ("Calcification_value", lambda v: v != 6, "calcification rated 1-5 (6 = absent)"),
-    "spiculated": ("Spiculation_value", lambda v: v >= 3, "spiculation >= 3 of 5"),
-    "lobulated": ("Lobulation_value", lambda v: v >= 3, "lobulation >= 3 of 5"),
-    "subsolid": ("Texture_value", lambda v: v <= 3, "texture <= 3 of 5 (non-solid or part solid)"),
+# Each characteristic's label: its column of nodules.csv and the rule on the max-voting rating.
+CHARACTERISTICS: Dict[str, Tuple[str, Callable[[int], bool]]] = {
+    "calcified": ("Calcification_value", lambda v: v != 6),  # calcification rated 1-5 (6 = absent)
+    "spiculated": ("Spiculation_value", lambda v: v >= 3),  # spiculation >= 3 of 5
+    "lobulated": ("Lobulation_value", lambda v: v >= 3),  # lobulation >= 3 of 5
+    "subsolid": ("Texture_value", lambda v: v <= 3),  # texture <= 3 of 5: non-solid or part solid
 }
 NODULE_COLUMNS = ["key", "patient", "split", "image", "mask", "malignancy", "diameter_mm", "coordX", "coordY", "coordZ"]
 
@@ -89,7 +89,7 @@ def rating_group(malignancy: int) -> str:
 
 def characteristic_labels(row: Dict[str, str]) -> Dict[str, int]:
     """The 0/1 labels of ``CHARACTERISTICS`` for one row of nodules.csv."""
-    return {name: int(rule(int(row[column]))) for name, (column, rule, _) in CHARACTERISTICS.items()}
+    return {name: int(rule(int(row[column]))) for name, (column, rule) in CHARACTERISTICS.items()}
 
 
 def read_table(root: Path) -> List[Dict[str, str]]:
