@@ -172,8 +172,8 @@ class TrainConfig:
     def _check_nested(self) -> None:
         if self.nested_cv < 2 or self.cv:
             raise ManifestError(self.manifest, f"nested_cv needs at least 2 outer folds and no --cv, got nested_cv={self.nested_cv}, cv={self.cv}")
-        if self.task == "segmentation":
-            raise ManifestError(self.manifest, "nested_cv compares classifiers only")
+        if self.task == "segmentation" and (self.aggregations or self.choose_threshold):
+            raise ManifestError(self.manifest, "aggregations and choose_threshold apply to classifiers; a segmenter's inner split chooses its epoch (and candidate)")
         if not 0 <= self.outer_fold <= self.nested_cv:
             raise ManifestError(self.manifest, f"outer_fold must lie in 0..{self.nested_cv}, got {self.outer_fold}")
         if not 0.0 < self.val_fraction < 1.0:

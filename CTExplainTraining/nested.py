@@ -6,7 +6,8 @@ patients are set aside untouched; the other folds' patients are split once more 
 alone, each candidate recipe (``candidates``: overrides of the recipe) is trained with early
 stopping (the epoch), each of the ``aggregations`` of slice scores into a volume score is
 tried on its inner validation volumes, and, with ``choose_threshold``, the decision threshold
-is set there. The best combination on the inner validation patients (the recipe's monitor,
+is set there (a segmenter's inner split chooses its epoch and candidate only, by Dice or the
+recipe's monitor). The best combination on the inner validation patients (the recipe's monitor,
 ties to the earlier) then scores the outer fold once. Its mean ± sd over the outer folds is an
 estimate for patients the whole procedure never saw; each outer fold's model is trained on
 the inner training part only, so the estimate is, if anything, low for a model fitted on all
@@ -37,7 +38,7 @@ from .engine import StepCallback, Trainer, monitor_value
 from .manifest import Example, Manifest, ManifestError
 from .metrics import classification_metrics, summarise_folds
 from .splits import Fold, patient_folds, patient_split_within
-from .validate import Validation, validate_classifier
+from .validate import Validation, validate_classifier, validate_segmenter
 
 LOG = logging.getLogger(__name__)
 
@@ -108,6 +109,13 @@ def nested_folds(manifest: Manifest, k: int, val_fraction: float, seed: int = 0)
         check_nested(manifest, fold)
         folds.append(fold)
     return folds
+
+
+def validate(network: torch.nn.Module, config: TrainConfig, manifest: Manifest, cases: PreprocessedCases, examples: Sequence[Example],
+             loss_fn: torch.nn.Module, device: torch.device) -> Validation:
+    """The run's own validation of a classifier or a segmenter on ``examples``."""
+    check = validate_segmenter if config.task == "segmentation" else validate_classifier
+    return check(network.to(device), config, manifest.classes, cases, examples, loss_fn, device)
 
 
 def choose_threshold(probabilities: np.ndarray, targets: np.ndarray) -> float:
@@ -193,7 +201,7 @@ def select(
         result = trainer.fit()
         for rule, k in rules:
             scored = dataclasses.replace(candidate, volume_score=rule, volume_score_k=k)
-            validation = validate_classifier(result.network.to(device), scored, manifest.classes, candidate_cases, val, trainer.loss_fn, device)
+            validation = validate(result.network, scored, manifest, candidate_cases, val, trainer.loss_fn, device)
             score = monitor_value(validation, monitor)
             per_class = validation.metrics.get("per_class", {})
             table.append({
@@ -218,8 +226,8 @@ FOLD_RESULT = "outer-fold.json"
 def _write_fold(path: Path, selection: Dict[str, Any], validation: Validation) -> None:
     """One outer fold's choice and scores, so that folds can run in separate processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"selection": selection, "loss": validation.loss, "metrics": validation.metrics, "images": [str(p) for p in validation.images],
-            "probabilities": validation.probabilities.tolist(), "targets": validation.targets.tolist()}
+    scores = {} if validation.probabilities is None else {"probabilities": validation.probabilities.tolist(), "targets": validation.targets.tolist()}
+    data = {"selection": selection, "loss": validation.loss, "metrics": validation.metrics, "images": [str(p) for p in validation.images], **scores}
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(data, default=float))
     temporary.replace(path)
@@ -227,8 +235,10 @@ def _write_fold(path: Path, selection: Dict[str, Any], validation: Validation) -
 
 def _read_fold(path: Path) -> "Tuple[Dict[str, Any], Validation]":
     data = json.loads(path.read_text())
+    scored = "probabilities" in data  # classifiers; a segmenter's fold keeps its metrics only
     validation = Validation(data["loss"], data["metrics"], [Path(p) for p in data["images"]],
-                            np.asarray(data["probabilities"], dtype=np.float32), np.asarray(data["targets"], dtype=np.float32))
+                            np.asarray(data["probabilities"], dtype=np.float32) if scored else None,
+                            np.asarray(data["targets"], dtype=np.float32) if scored else None)
     LOG.info("%s: outer fold read from an earlier run", path)
     return data["selection"], validation
 
@@ -264,8 +274,7 @@ def run_nested(
                      len(fold.inner.train), len(fold.inner.val), len(fold.outer_test))
             selection = select(config, manifest, by_input, fold.inner, out / f"outer-{fold.index + 1}", info, device, on_step)
             test = [manifest.examples[i] for i in fold.outer_test]
-            validation = validate_classifier(selection.network.to(device), selection.config, manifest.classes,
-                                             by_input.get(selection.config), test, selection.loss_fn, device)
+            validation = validate(selection.network, selection.config, manifest, by_input.get(selection.config), test, selection.loss_fn, device)
             selection_summary = {"outer_fold": fold.index + 1, "test_patients": sorted(_patients(manifest, fold.outer_test)), **selection.summary()}
             if info.is_main:
                 _write_fold(done, selection_summary, validation)
@@ -274,17 +283,18 @@ def run_nested(
         selections.append(selection_summary)
     if config.outer_fold:
         return NestedResult(fold_metrics, validations, {"outer_fold": config.outer_fold, "selections": selections})
-    probabilities = np.concatenate([v.probabilities for v in validations])
-    targets = np.concatenate([v.targets for v in validations])
     metrics: Dict[str, Any] = {
         "protocol": protocol_text(config),
         "nested_cross_validation": summarise_folds(fold_metrics),
         "outer_folds": config.nested_cv,
-        # Every patient's score from the outer fold that held it out, in one table (each fold
-        # at its own threshold, so only the threshold-free numbers, AUC and ECE, pool cleanly).
-        "pooled_out_of_fold": classification_metrics(config.task, probabilities, targets, list(manifest.classes), config.threshold),
         "selections": selections,
     }
+    if config.task != "segmentation":
+        # Every patient's score from the outer fold that held it out, in one table (each fold
+        # at its own threshold, so only the threshold-free numbers, AUC and ECE, pool cleanly).
+        probabilities = np.concatenate([v.probabilities for v in validations])
+        targets = np.concatenate([v.targets for v in validations])
+        metrics["pooled_out_of_fold"] = classification_metrics(config.task, probabilities, targets, list(manifest.classes), config.threshold)
     result = NestedResult(fold_metrics, validations, metrics)
     if not config.final_fit:
         return result
@@ -296,10 +306,11 @@ def run_nested(
     fitted = trainer.fit()
     metrics["selected"] = final
     final_cases = by_input.get(final_config)
-    metrics["training_case_scores"] = case_scores(fitted.network, final_config, manifest, final_cases, pool, trainer.loss_fn, device)
+    if config.task != "segmentation":  # volume probabilities, for the core to reproduce
+        metrics["training_case_scores"] = case_scores(fitted.network, final_config, manifest, final_cases, pool, trainer.loss_fn, device)
     test = [e for e in manifest.examples if e.split == "test"]
     if test:
-        metrics["test"] = validate_classifier(fitted.network.to(device), final_config, manifest.classes, final_cases, test, trainer.loss_fn, device).metrics
+        metrics["test"] = validate(fitted.network, final_config, manifest, final_cases, test, trainer.loss_fn, device).metrics
     result.final_config, result.network, result.history = final_config, fitted.network.cpu(), fitted.history
     return result
 

@@ -115,3 +115,29 @@ def test_nested_run_on_real_ct_exports_its_choice(ct_ich_small: Path, tmp_path: 
     tested = [p for s in metrics["selections"] for p in s["test_patients"]]
     assert sorted(tested) == sorted({e.patient for e in read_manifest(ct_ich_small / "slices.csv", "multilabel",
                                                                       label_columns=["any_hemorrhage", "skull_fracture"]).examples})
+
+
+@pytest.mark.slow
+def test_a_segmenter_runs_nested_and_records_its_dice(data_dir: Path, tmp_path: Path) -> None:
+    """Real LIDC nodule crops (the first 24 rows), 2 outer folds, two candidates: each outer fold
+    is scored by the run's segmentation validation (Dice), the package records the protocol and
+    no pooled probabilities; a segmenter recipe that asks for aggregations is refused."""
+    from CTExplainTraining.datasets.lidc_nodules import prepare
+
+    paths = prepare(data_dir / "lidc-nodules", tmp_path / "data", limit=24)
+    recipe = json.loads((Path(__file__).resolve().parents[2] / "CTExplainTraining" / "recipes" / "lung_nodule_segmenter.json").read_text())
+    recipe.update(manifest=str(paths["segmentation"]), out=str(tmp_path / "run"), epochs=1, max_steps_per_epoch=2, batch_size=8,
+                  nested_cv=2, val_fraction=0.5, network_kwargs={"channels": [4, 8], "strides": [2], "num_res_units": 0},
+                  candidates=[{}, {"lr": 0.001}])
+    assert train_main(["--config", str(write_recipe(tmp_path / "recipe.json", recipe))]) == 0
+    metrics = json.loads((tmp_path / "run" / "model" / "ctexplain-model.json").read_text())["provenance"]["metrics"]
+    assert metrics["protocol"].startswith("nested 2-fold cross-validation by patient")
+    assert metrics["nested_cross_validation"]["dice_mean"]["n"] == 2 and "pooled_out_of_fold" not in metrics
+    folds = [json.loads((tmp_path / "run" / f"outer-{n}" / "outer-fold.json").read_text()) for n in (1, 2)]
+    assert all(0.0 <= fold["metrics"]["dice_mean"] <= 1.0 and "probabilities" not in fold for fold in folds)
+    assert not set(folds[0]["selection"]["test_patients"]) & set(folds[1]["selection"]["test_patients"])
+    assert all({row["candidate"] for row in fold["selection"]["inner_validation"]} == {0, 1} for fold in folds)
+
+    recipe.update(out=str(tmp_path / "refused"), aggregations=["max", "noisy_or"])
+    assert train_main(["--config", str(write_recipe(tmp_path / "refused.json", recipe))]) != 0
+    assert not (tmp_path / "refused" / "model").exists()
