@@ -2,6 +2,7 @@
 metadata records: no skew between the training run that measured them and inference."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -106,8 +107,6 @@ def lidc_nodules(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def _test_rows(manifest: Path) -> list:
-    import csv
-
     with open(manifest, newline="") as handle:
         return [row for row in csv.DictReader(handle) if row["split"] == "test"]
 
@@ -146,8 +145,6 @@ def test_nodule_classifiers_reproduce_their_recorded_test_scores_through_the_cor
 def test_covid_consolidation_reproduces_its_recorded_test_scores_through_the_core(data_dir: Path, tmp_path: Path) -> None:
     """Its 10 held-out slices (the data preparation's draw), loaded as ``ctexplain explain
     --spacing 1 1 1`` loads a PNG: the test AUC and accuracy the package records."""
-    import csv
-
     from sklearn.metrics import roc_auc_score
 
     from CTExplainTraining.datasets.covid_infection import prepare

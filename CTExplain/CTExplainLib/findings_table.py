@@ -7,6 +7,20 @@ TableColumn = Tuple[str, str, List[Any]]  # (title, "string" or "double", one va
 PointMap = Callable[[Tuple[float, float, float]], Sequence[float]]
 
 
+FAITHFULNESS_COLUMNS: Tuple[Tuple[str, str], ...] = (("Faithfulness", "string"), ("Faithfulness score", "double"))
+
+
+def faithfulness_columns() -> List[TableColumn]:
+    """The two columns of a map's faithfulness: its verdict and score."""
+    return [(title, kind, []) for title, kind in FAITHFULNESS_COLUMNS]
+
+
+def faithfulness_cells(finding: Dict[str, Any]) -> List[Any]:
+    """A finding's values for :func:`faithfulness_columns` (empty / NaN when not measured)."""
+    faithful = finding.get("faithfulness") or {}
+    return [str(faithful.get("verdict", "")), float(faithful.get("score", float("nan")))]
+
+
 def findings_table(findings: Sequence[Dict[str, Any]], peak_ras_to_shown: Optional[PointMap] = None) -> List[TableColumn]:
     """One row per finding: name, probability, where its map lies, and the share of its CAM
     energy in each region ("CAM in <segment>", "CAM in background", "CAM in outside_body";
@@ -25,7 +39,7 @@ def findings_table(findings: Sequence[Dict[str, Any]], peak_ras_to_shown: Option
     columns += [(f"CAM in {region}", "double", []) for region in regions]
     measured = any(finding.get("faithfulness") for finding in findings)
     if measured:
-        columns += [("Faithfulness", "string", []), ("Faithfulness score", "double", [])]
+        columns += faithfulness_columns()
     for finding in findings:
         stats = finding.get("anatomy") or {}
         lps = stats.get("peak_lps")
@@ -37,8 +51,7 @@ def findings_table(findings: Sequence[Dict[str, Any]], peak_ras_to_shown: Option
         values = [finding["name"], float(finding["probability"]), stats.get("dominant_segment") or "",
                   stats.get("peak_segment") or "", peak] + [float(energy.get(region, float("nan"))) for region in regions]
         if measured:
-            faithful = finding.get("faithfulness") or {}
-            values += [str(faithful.get("verdict", "")), float(faithful.get("score", float("nan")))]
+            values += faithfulness_cells(finding)
         for (_, _, column), value in zip(columns, values):
             column.append(value)
     return columns

@@ -37,7 +37,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from ..findings_table import TableColumn
+from ..findings_table import TableColumn, faithfulness_cells, faithfulness_columns
 from ..model_package import LoadedModel
 from ..volume import LPS_TO_RAS, Volume
 from .points_file import MarkedPoint, safe_id
@@ -78,17 +78,16 @@ def points_table(analyses: Sequence[PointAnalysis]) -> List[TableColumn]:
     columns: List[TableColumn] = [("Point", "string", []), ("Finding", "string", []), ("Probability", "double", []),
                                   ("Diameter mm", "double", []), ("Volume mL", "double", []),
                                   ("Energy in nodule", "double", []), ("Nodule share of crop", "double", []),
-                                  ("Faithfulness", "string", []), ("Faithfulness score", "double", []), ("Error", "string", [])]
+                                  *faithfulness_columns(), ("Error", "string", [])]
     nan = float("nan")
     for analysis in analyses:
         record = analysis.record
         findings = record.get("findings") or []
         top = max(findings, key=lambda f: f["probability"]) if findings else {}
         nodule = record.get("nodule") or {}
-        faithful = top.get("faithfulness") or {}
         values = [analysis.point.id, top.get("name", ""), float(top.get("probability", nan)), float(nodule.get("diameter_mm", nan)),
                   float(nodule.get("volume_ml", nan)), float(top.get("energy_in_nodule", nan)), float(nodule.get("share_of_crop", nan)),
-                  str(faithful.get("verdict", "")), float(faithful.get("score", nan)), analysis.error]
+                  *faithfulness_cells(top), analysis.error]
         for (_, _, column), value in zip(columns, values):
             column.append(value)
     return columns
