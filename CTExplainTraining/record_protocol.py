@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from CTExplainLib.model_package import load_package
-from CTExplainLib.package_files import METADATA_FILE
+from CTExplainLib.writing import record_in_metadata
 
 SUMMARY = "summary.json"
 
@@ -43,10 +43,7 @@ def nested_record(run: Path, command: str) -> Dict[str, Any]:
 def record(package: Path, run: Path, command: str) -> Dict[str, Any]:
     load_package(package)  # a package the core loads, before and after
     entry = nested_record(run, command)
-    metadata_file = Path(package) / METADATA_FILE
-    metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
-    metadata.setdefault("provenance", {})["nested_cross_validation"] = entry
-    metadata_file.write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+    record_in_metadata(package, ["provenance", "nested_cross_validation"], entry)
     load_package(package)
     return entry
 

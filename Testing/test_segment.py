@@ -62,6 +62,19 @@ def test_keep_largest_parts_drops_parts_under_a_tenth_of_the_largest_even_within
     assert winners[2, 35, 35] == 0  # 1 voxel of 1536
 
 
+def test_a_part_one_segment_loses_to_another_is_held_to_the_others_limit() -> None:
+    """A stray liver part whose runner-up is lung (bowel gas below the lungs, as on the demo
+    chest): dropping it from the liver must not hand the lung a part beyond its own limit."""
+    probabilities = _blob_probabilities()  # lungs: two large blocks (and a third, a speck)
+    probabilities[1, :, 2:18, 22:30] = 0.0
+    probabilities[2, :, 2:6, 22:30] = 0.8  # a second, smaller liver part ...
+    probabilities[1, :, 2:6, 22:30] = 0.7  # ... where lung comes second, above the background
+    segment.keep_largest_parts(probabilities, [None, 2, 1])
+    winners = probabilities.argmax(axis=0)
+    assert (winners[:, 2:6, 22:30] == 0).all()  # neither liver nor lung: background
+    assert (winners[:, 22:38, 22:30] == 2).all() and (winners[:, 2:18, 2:18] == 1).all()
+
+
 def test_settled_winners_need_a_clear_lead_over_the_whole_block() -> None:
     """A model-grid voxel is settled only where its 2x2x2 block (the far edges repeated) has one
     winner everywhere, leading by more than SETTLED_MARGIN: near-ties are left to interpolation."""

@@ -77,25 +77,25 @@ def test_head_findings_reproduce_their_recorded_volume_scores_through_the_core()
 
 
 @pytest.mark.slow
-def test_chest_segmenter_reproduces_its_recorded_robustness_and_calls_no_lung_outside_the_body(data_dir: Path) -> None:
-    """The held-out case cut at its lungs and at 3 x 3 x 5 mm gives the Dice the package records
-    (lung_robustness), and the demo chest gets no lung outside its body (1.3 called 84 mL of
-    bowel gas lung there)."""
-    from CTExplainLib.anatomy import body_mask
-    from CTExplainLib.models_catalog import CHEST_SAMPLE
-    from CTExplainTraining.lung_robustness import evaluate, lung_label, reference_cases, variants
+def test_chest_segmenter_reproduces_its_recorded_robustness_and_calls_no_lung_where_there_is_none(data_dir: Path) -> None:
+    """The held-out case and the demo chest (the same lung bases with abdomen and pelvis below),
+    as scanned, cut at their lungs and at 3 x 3 x 5 mm, give the Dice the package records
+    (lung_robustness); no lung outside the body (1.3 called 84 mL of air lung there) and none
+    in the demo chest's abdomen and pelvis (1.4 called 30 mL of bowel gas lung there until a
+    stray liver part's voxels, handed to their runner-up, were held to the lungs' max_parts)."""
+    from CTExplainTraining.lung_robustness import evaluate, reference_cases, variants
 
     model = load_package(resolve_package("chest-ct-segmenter"))
-    recorded = model.metadata.provenance["metrics"]["robustness"]["cases"]["example_ct_sm"]
-    name, ct, lungs = next(reference_cases(data_dir))
-    assert name == "example_ct_sm"
-    for variant, variant_ct, masks in variants(ct, lungs):
-        measured = evaluate(model, variant_ct, masks)
-        assert abs(measured["dice"] - recorded[variant]["dice"]) < 1e-6, variant
-        assert measured["lung_voxels_outside_body"] == 0, variant
-    demo = load_volume(CHEST_SAMPLE.path)
-    called = segment(model, demo, torch.device("cpu")).labels.array == lung_label(model)
-    assert not (called & ~body_mask(demo)).any()
+    recorded = model.metadata.provenance["metrics"]["robustness"]["cases"]
+    cases = {name: (ct, lungs) for name, ct, lungs in reference_cases(data_dir) if name != "lidc-idri-0001"}
+    assert sorted(cases) == ["example_ct", "example_ct_sm"]
+    for name, (ct, lungs) in cases.items():
+        for variant, variant_ct, masks in variants(ct, lungs):
+            measured = evaluate(model, variant_ct, masks)
+            assert abs(measured["dice"] - recorded[name][variant]["dice"]) < 1e-6, (name, variant)
+            assert measured["lung_voxels_outside_body"] == 0, (name, variant)
+            # At most a voxel's partial volume in a slice next to the bases (0.09 mL at 3 x 3 x 5 mm), no gas blob.
+            assert measured["predicted_ml_in_slices_without_lung"] < 0.5, (name, variant)
 
 
 @pytest.fixture(scope="module")

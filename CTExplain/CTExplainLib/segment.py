@@ -80,22 +80,30 @@ def keep_largest_parts(probabilities: np.ndarray, max_parts: Sequence[Optional[i
     An anatomical prior (two lungs, one liver): a 2D network sees each slice alone and may
     take gas in a bowel loop below the lungs for lung, a blob no lung is connected to. Done on
     the model grid, whose probabilities are at hand and smaller than the input's.
+
+    Repeated until no segment loses a voxel: a voxel one segment loses goes to its runner-up,
+    which may be another limited segment (a stray liver part in the pelvis whose second best is
+    lung), and what that segment gains is held to its own limit in the next round. Each round
+    that changes anything zeroes at least one positive probability, so the rounds end.
     """
     limited = [(index, most) for index, most in enumerate(max_parts) if index > 0 and most]
     if not limited:
         return
     winners = np.empty(probabilities.shape[1:], dtype=np.uint16)
-    for start, stop, winner, _ in _leaders(probabilities, winners.dtype):
-        winners[start:stop] = winner
-    for index, most in limited:
-        relabel = sitk.RelabelComponentImageFilter()  # parts numbered from the largest down
-        parts = relabel.Execute(sitk.ConnectedComponent(sitk.GetImageFromArray((winners == index).view(np.uint8))))
-        sizes = relabel.GetSizeOfObjectsInPixels()
-        if not sizes:
-            continue
-        kept = sum(1 for size in sizes[:most] if size >= SMALLEST_PART_SHARE * sizes[0])
-        probabilities[index][sitk.GetArrayViewFromImage(parts) > kept] = 0.0
-        del parts  # the view above must not outlive its image
+    changed = True
+    while changed:
+        changed = False
+        for start, stop, winner, _ in _leaders(probabilities, winners.dtype):
+            winners[start:stop] = winner
+        for index, most in limited:
+            relabel = sitk.RelabelComponentImageFilter()  # parts numbered from the largest down
+            parts = relabel.Execute(sitk.ConnectedComponent(sitk.GetImageFromArray((winners == index).view(np.uint8))))
+            sizes = relabel.GetSizeOfObjectsInPixels()
+            kept = sum(1 for size in sizes[:most] if size >= SMALLEST_PART_SHARE * sizes[0]) if sizes else 0
+            if len(sizes) > kept:
+                probabilities[index][sitk.GetArrayViewFromImage(parts) > kept] = 0.0
+                changed = True
+            del parts  # the view above must not outlive its image
 
 
 def _leaders(probabilities: np.ndarray, dtype: np.dtype) -> Iterator[Tuple[int, int, np.ndarray, np.ndarray]]:

@@ -414,6 +414,20 @@ def write_json(obj: Any, path: PathLike) -> Path:
     return path
 
 
+def record_in_metadata(package: PathLike, keys: Sequence[str], value: Any) -> Path:
+    """Set ``value`` at the nested ``keys`` of a model package's metadata file (creating the
+    dictionaries on the way), rewritten whole and atomically; every other entry is kept."""
+    from .package_files import METADATA_FILE
+
+    path = Path(package) / METADATA_FILE
+    data = json.loads(path.read_text(encoding="utf-8"))
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return write_json(data, path)
+
+
 def write_png(rgb: np.ndarray, path: PathLike) -> Path:
     """Write an (H, W, 3) or (H, W, 4) uint8 array, or an (H, W) grayscale one, as PNG."""
     from PIL import Image

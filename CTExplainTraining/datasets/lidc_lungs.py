@@ -21,6 +21,8 @@ LIDC-IDRI-0001 is a sharp 0.7 x 0.7 x 2.5 mm scan. ``--coarse-mm 3`` adds a copy
 3 mm scanner would have taken it (blurred to that resolution, then resampled; labels by local
 majority), and ``--coarse-mm 2 3 4`` one copy for each, so the U-Net also learns where the
 lungs end in thick, blurred CT, whose edge voxels mix lung with diaphragm and liver.
+``--crop-copies`` adds each copy with its field of view cut at the lungs, ``--slab-copies`` as
+scans of part of the chest (a random run of slices holding lung) cut at that part's lungs.
 
     python -m CTExplainTraining.datasets.lidc_lungs ../shared/data/lidc-idri-0001 \\
         build/totalsegmentator-lungs-liver/manifest.csv build/chest-lungs-liver --test example_ct_sm \\
@@ -149,6 +151,25 @@ def cropped_to_lungs(ct: Volume, labels: Volume, lungs_label: int, margins_mm: S
             Volume(np.ascontiguousarray(labels.array[region]), grid))
 
 
+def slab(ct: Volume, labels: Volume, start: int, stop: int) -> "tuple[Volume, Volume]":
+    """Both limited to slices k in [start, stop), as a scan of part of the chest would hold them."""
+    grid = ct.grid.slab(start, stop)
+    return (Volume(np.ascontiguousarray(ct.array[start:stop]), grid, metadata=dict(ct.metadata)),
+            Volume(np.ascontiguousarray(labels.array[start:stop]), grid))
+
+
+def random_slab(labels: Volume, lungs_label: int, length_mm: "tuple[float, float]", random: np.random.Generator) -> "tuple[int, int]":
+    """Slices [start, stop) of a random run ``length_mm`` long (uniform between the two) that holds lung:
+    its centre is a random lung slice, so a run may start above the apex or end below the bases."""
+    lung_slices = np.flatnonzero((labels.array == lungs_label).any(axis=(1, 2)))
+    if lung_slices.size == 0:
+        raise ValueError("no lungs to cut a slab around")
+    length = max(int(round(random.uniform(*length_mm) / labels.grid.spacing[2])), 1)
+    centre = int(random.choice(lung_slices))
+    start = min(max(centre - length // 2, 0), max(labels.grid.size[2] - length, 0))
+    return start, min(start + length, labels.grid.size[2])
+
+
 def spacing_argument(text: str) -> "tuple[float, ...]":
     """``3`` (isotropic) or ``3x3x5`` (i, j, k) millimetres."""
     values = tuple(float(v) for v in text.lower().split("x"))
@@ -170,7 +191,8 @@ def _write_case(ct: Volume, labels: Volume, out: Path, stem: str, patient: str) 
 
 def prepare(lidc: Path, manifest: Path, out: Path, test_patient: str, lungs_label: int = 1,
             liver_from: Optional[Path] = None, liver_label: int = 2, coarse_mm: Sequence[Sequence[float]] = (),
-            crop_copies: int = 0, crop_margin_mm: float = 30.0, seed: int = 0) -> Path:
+            crop_copies: int = 0, crop_margin_mm: float = 30.0, slab_copies: int = 0,
+            slab_mm: "tuple[float, float]" = (45.0, 150.0), seed: int = 0) -> Path:
     with open(manifest, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not any(row["patient"] == test_patient for row in rows):
@@ -194,6 +216,11 @@ def prepare(lidc: Path, manifest: Path, out: Path, test_patient: str, lungs_labe
             margins = random.uniform(0.0, crop_margin_mm, 4) if index else np.zeros(4)
             cut = cropped_to_lungs(copy_ct, copy_labels, lungs_label, margins)
             rows.append(_write_case(*cut, out, f"{copy_stem}_fov{index}", lidc.name))
+        for index in range(slab_copies):  # part of the chest (the bases of an abdominal scan, say), cut at its lungs
+            start, stop = random_slab(copy_labels, lungs_label, slab_mm, random)
+            part = slab(copy_ct, copy_labels, start, stop)
+            cut = cropped_to_lungs(*part, lungs_label, random.uniform(0.0, crop_margin_mm, 4) * (index % 2))
+            rows.append(_write_case(*cut, out, f"{copy_stem}_slab{index}", lidc.name))
     combined = out / "manifest.csv"
     with open(combined, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", "mask", "patient", "split"])
@@ -217,9 +244,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also add each copy this many times with the field of view cut close around the lungs: "
                              "the first at the lungs' box, the others with random margins up to --crop-margin-mm (default 0)")
     parser.add_argument("--crop-margin-mm", type=float, default=30.0, help="largest margin of a cut field of view (default 30)")
+    parser.add_argument("--slab-copies", type=int, default=0,
+                        help="also add each copy this many times as a scan of part of the chest (a random run of slices that "
+                             "holds lung, --slab-mm long), its field of view cut at that part's lungs: every other one at "
+                             "their box, the others with random margins (default 0)")
+    parser.add_argument("--slab-mm", type=float, nargs=2, default=(45.0, 150.0), metavar=("SHORTEST", "LONGEST"),
+                        help="length of those runs, uniform between the two (default 45 150)")
     args = parser.parse_args(argv)
     print(prepare(args.lidc, args.manifest, args.out, args.test, args.lungs_label, args.liver_from, args.liver_label, args.coarse_mm,
-                  args.crop_copies, args.crop_margin_mm))
+                  args.crop_copies, args.crop_margin_mm, args.slab_copies, tuple(args.slab_mm)))
     return 0
 
 

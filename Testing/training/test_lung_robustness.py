@@ -70,3 +70,23 @@ def test_lung_called_outside_the_body_is_counted() -> None:
     result = score(planted, labels)
     assert result["lung_voxels_outside_body"] == 6
     assert result["dice"] < 1.0
+
+
+def test_a_slab_cut_at_its_lungs_is_part_of_the_chest_in_place() -> None:
+    """--slab-copies: a random run of slices that holds lung, then the field of view cut at that run's lungs."""
+    from CTExplainTraining.datasets.lidc_lungs import random_slab, slab
+
+    ct, labels = _phantom()
+    random = np.random.default_rng(0)
+    for _ in range(20):
+        start, stop = random_slab(labels, LUNGS, (5.0, 7.5), random)
+        assert 0 <= start < stop <= 6 and stop - start in (2, 3)  # 5-7.5 mm of 2.5 mm slices
+        assert (labels.array[start:stop] == LUNGS).any()
+    part_ct, part_labels = slab(ct, labels, 3, 6)
+    assert part_ct.grid.size == (50, 40, 3)
+    np.testing.assert_array_equal(part_labels.array, labels.array[3:6])
+    assert np.allclose(part_ct.grid.index_to_point((4, 5, 0)), ct.grid.index_to_point((4, 5, 3)))
+    cut_ct, cut_labels = cropped_to_lungs(part_ct, part_labels, LUNGS)
+    assert cut_labels.array[:, 0].any() or cut_labels.array[:, -1].any()
+    with pytest.raises(ValueError, match="no lungs"):
+        random_slab(Volume(np.zeros_like(labels.array), labels.grid), LUNGS, (5.0, 7.5), random)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,8 +34,7 @@ def run_check_model(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..model_package import load_package
     from ..models_catalog import locate_package
-    from ..package_files import METADATA_FILE
-    from ..writing import write_json
+    from ..writing import record_in_metadata
     from .sanity import check_files, format_result, sanity_record
 
     try:
@@ -53,9 +51,6 @@ def run_check_model(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(format_result(model.metadata.name, result))
     if args.record:
-        metadata_file = Path(model.path) / METADATA_FILE
-        data = json.loads(metadata_file.read_text(encoding="utf-8"))
-        data["sanity_check"] = sanity_record(result, [str(case) for case in args.cases], args.note)
-        write_json(data, metadata_file)
+        metadata_file = record_in_metadata(model.path, ["sanity_check"], sanity_record(result, [str(case) for case in args.cases], args.note))
         print(f"recorded in {metadata_file}")
     return 0
