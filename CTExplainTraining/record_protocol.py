@@ -30,14 +30,16 @@ def nested_record(run: Path, command: str) -> Dict[str, Any]:
     metrics = json.loads((Path(run) / SUMMARY).read_text(encoding="utf-8"))["metrics"]
     if "nested_cross_validation" not in metrics:
         raise ValueError(f"{run / SUMMARY}: not a nested cross-validation run (no nested_cross_validation)")
-    return {
+    entry = {
         "command": command,
         "protocol": metrics["protocol"],
         "outer_folds": metrics["outer_folds"],
         "mean_sd": metrics["nested_cross_validation"],
-        "pooled_out_of_fold": metrics["pooled_out_of_fold"],
         "selections": [{k: v for k, v in s.items() if k != "test_patients"} for s in metrics["selections"]],
     }
+    if "pooled_out_of_fold" in metrics:  # classifiers only: a segmenter's Dice is a mean over cases
+        entry["pooled_out_of_fold"] = metrics["pooled_out_of_fold"]
+    return entry
 
 
 def record(package: Path, run: Path, command: str) -> Dict[str, Any]:
