@@ -131,6 +131,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--record", action="store_true", help="write the numbers and their protocol into the package's metadata "
                         "(provenance.metrics.robustness), where Testing/test_shipped_models.py reproduces them")
     args = parser.parse_args(argv)
+    if args.record and args.case:
+        parser.error("--record writes every case's numbers: drop --case")
     results = robustness(args.package, args.data, args.case)
     for name, per_variant in results.items():
         for variant, numbers in per_variant.items():
