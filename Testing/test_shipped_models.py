@@ -176,3 +176,27 @@ def test_nodule_segmenter_reproduces_its_recorded_test_dice_through_the_core(lid
     assert measured["nodules"] == recorded["nodules"] == 143
     assert measured["dice_mean"] == pytest.approx(recorded["dice_mean"], abs=1e-6)
     assert measured["diameter_error_mm"]["mean_absolute"] == pytest.approx(recorded["diameter_error_mm"]["mean_absolute"], abs=1e-6)
+
+
+def test_covid_infection_reproduces_its_recorded_training_case_dice_through_the_core(data_dir: Path, tmp_path: Path) -> None:
+    """Its cross-validation numbers come from fold networks it does not hold, and no slice is kept
+    apart; what its own network can be checked on are the training slices' Dice the training
+    code's validation gave it (CTExplainTraining.case_scores): every slice, loaded as
+    ``ctexplain explain --spacing 1 1 1`` loads it and segmented by the core, gives the same."""
+    import dataclasses
+
+    from CTExplainTraining.config import make_config, read_recipe
+    from CTExplainTraining.datasets.covid_infection import prepare
+    from CTExplainTraining.run import load_manifest
+    from CTExplainTraining.validate import segment_files
+
+    package = resolve_package("covid-infection-2d")
+    recorded = load_package(package).metadata.provenance["metrics"]["training_case_dice"]["cases"]
+    prepare(data_dir / "covid-infection-2d", tmp_path)
+    recipe = Path(__file__).resolve().parents[1] / "CTExplainTraining" / "recipes" / "covid_infection_2d.json"
+    config = dataclasses.replace(make_config(read_recipe(recipe)), manifest=str(tmp_path / "manifest.csv"))
+    manifest = load_manifest(config)
+    assert sorted(Path(e.image).name for e in manifest.examples) == sorted(recorded) and len(recorded) == 50
+    for example in manifest.examples:
+        measured = segment_files(package, config, manifest.classes, [example], torch.device("cpu"))["dice_mean"]
+        assert measured == pytest.approx(recorded[Path(example.image).name], abs=1e-6), example.image
