@@ -33,6 +33,9 @@ class TrainConfig:
     # Segmentation: segment name -> at most this many 3D connected parts kept (the core's
     # keep_largest_parts), in validation and in the exported package alike.
     max_parts: Dict[str, int] = field(default_factory=dict)
+    # Segmentation: segment name -> another segment none of its parts may lie wholly below (the
+    # core's keep_largest_parts), in validation and in the exported package alike.
+    not_below: Dict[str, str] = field(default_factory=dict)
     # Network, by registry name, and its extra keyword arguments.
     network: str = "CompactCNN"
     network_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -159,8 +162,11 @@ class TrainConfig:
             self._check_nested()
         if self.slice_context and self.task == "segmentation":
             raise ManifestError(self.manifest, "slice_context applies to 2D classifiers only")
-        if self.max_parts and self.task != "segmentation":
-            raise ManifestError(self.manifest, "max_parts applies to segmentation only")
+        if (self.max_parts or self.not_below) and self.task != "segmentation":
+            raise ManifestError(self.manifest, "max_parts and not_below apply to segmentation only")
+        itself = sorted(name for name, other in self.not_below.items() if name == other)
+        if itself:
+            raise ManifestError(self.manifest, f"not_below: {', '.join(itself)} cannot lie below itself; name another segment")
         bad_parts = {name: n for name, n in self.max_parts.items() if isinstance(n, bool) or not isinstance(n, int) or n < 1}
         if bad_parts:
             raise ManifestError(self.manifest, f"max_parts must be whole numbers of at least 1, got {bad_parts}")

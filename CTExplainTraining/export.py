@@ -30,7 +30,7 @@ def class_specs(config: TrainConfig, manifest: Manifest) -> List[ClassSpec]:
             color = PALETTE[index % len(PALETTE)]
         else:
             color = FINDING_COLOR
-        specs.append(ClassSpec(name, color, config.max_parts.get(name)))  # type: ignore[arg-type]
+        specs.append(ClassSpec(name, color, config.max_parts.get(name), config.not_below.get(name)))  # type: ignore[arg-type]
     return specs
 
 

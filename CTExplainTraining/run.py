@@ -47,9 +47,11 @@ def load_manifest(config: TrainConfig) -> Manifest:
         manifest = read_class_folders(config.manifest, task=config.task, classes=config.classes)
     else:
         manifest = read_manifest(config.manifest, config.task, label_columns=config.labels, classes=config.classes)
-    unknown = sorted(set(config.max_parts) - set(manifest.classes[1:]))
-    if unknown:
-        raise ManifestError(config.manifest, f"max_parts names {', '.join(unknown)}, not among its segments ({', '.join(manifest.classes[1:])})")
+    segments = manifest.classes[1:]
+    for setting, names in (("max_parts", set(config.max_parts)), ("not_below", set(config.not_below) | set(config.not_below.values()))):
+        unknown = sorted(names - set(segments))
+        if unknown:
+            raise ManifestError(config.manifest, f"{setting} names {', '.join(unknown)}, not among its segments ({', '.join(segments)})")
     return manifest
 
 

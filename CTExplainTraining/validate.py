@@ -20,9 +20,9 @@ from CTExplainLib.classify import probabilities_from_logits, volume_score
 from CTExplainLib.devices import autocast
 from CTExplainLib.loading import load_volume
 from CTExplainLib.model_package import load_package
-from CTExplainLib.preprocess import slices_with_context
+from CTExplainLib.preprocess import orientation_direction, slices_with_context
 from CTExplainLib.resample import resample_array
-from CTExplainLib.segment import keep_largest_parts, segment
+from CTExplainLib.segment import PartRules, keep_largest_parts, segment
 
 from .config import TrainConfig
 from .data import IMAGE, LABEL, PreprocessedCases, read_mask
@@ -144,10 +144,11 @@ def validate_segmenter(
     examples: Sequence[Example], loss_fn: torch.nn.Module, device: torch.device,
 ) -> Validation:
     losses, predictions, references, images = [], [], [], []
+    rules = PartRules.of(list(segment_names), config.max_parts, config.not_below, orientation_direction(config.input_spec().orientation))
     for image, _ in _by_image(examples).items():
         case = cases.case(image)
         probabilities = segment_case(network, config, case[IMAGE], device)
-        keep_largest_parts(probabilities.numpy(), [config.max_parts.get(name) for name in segment_names])  # as the core will
+        keep_largest_parts(probabilities.numpy(), rules)  # as the core will
         reference = case[LABEL][0].long()
         # Dice + cross-entropy on probabilities: the loss function's own inputs are logits.
         losses.append(float(loss_fn(torch.log(probabilities.clamp_min(1e-6))[None], reference[None, None])))

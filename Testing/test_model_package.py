@@ -205,12 +205,20 @@ def test_segment_max_parts_are_read_and_checked(tmp_path: Path) -> None:
         data["classes"][1]["max_parts"] = bad
         with pytest.raises(ModelPackageError, match=r"seg.*max_parts must be a whole number of at least 1"):
             load_package(edit_metadata(segmenter, tmp_path / f"bad{bad}", classes=data["classes"]))
+    data["classes"][1]["max_parts"] = 2
+    names = [c["name"] for c in data["classes"]]
+    data["classes"][1]["not_below"] = names[2]
+    assert load_package(edit_metadata(segmenter, tmp_path / "below", classes=data["classes"])).metadata.classes[1].not_below == names[2]
+    for bad in ("nothing", names[1], names[0]):  # unknown, itself, the background
+        data["classes"][1]["not_below"] = bad
+        with pytest.raises(ModelPackageError, match=r"not_below must name another of its segments"):
+            load_package(edit_metadata(segmenter, tmp_path / f"below-{bad}", classes=data["classes"]))
 
 
 def test_max_parts_on_a_classifier_is_refused(classifier_dir: Path, tmp_path: Path) -> None:
     data = json.loads((classifier_dir / METADATA_FILE).read_text())
     data["classes"][0]["max_parts"] = 1
-    with pytest.raises(ModelPackageError, match="max_parts applies to segments"):
+    with pytest.raises(ModelPackageError, match="max_parts and not_below apply to segments"):
         load_package(edit_metadata(classifier_dir, tmp_path / "cls", classes=data["classes"]))
 
 

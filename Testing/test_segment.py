@@ -43,20 +43,20 @@ def _blob_probabilities() -> np.ndarray:
 def test_keep_largest_parts_drops_the_parts_beyond_the_limit_and_the_specks() -> None:
     probabilities = _blob_probabilities()
     before = probabilities.copy()
-    segment.keep_largest_parts(probabilities, [None, 2, 1])
+    segment.keep_largest_parts(probabilities, segment.PartRules([None, 2, 1]))
     winners = probabilities.argmax(axis=0)
     assert (winners[:, 2:18, 2:18] == 1).all() and (winners[:, 22:38, 2:18] == 1).all()
     assert (winners[:, 2:18, 22:30] == 0).all() and winners[2, 35, 35] == 0  # the third part and the speck
     assert (winners[:, 22:38, 22:30] == 2).all()  # one part, kept
     np.testing.assert_array_equal(probabilities[[0, 2]], before[[0, 2]])  # only segment 1 lost voxels
     unlimited = before.copy()
-    segment.keep_largest_parts(unlimited, [None, None, 1])
+    segment.keep_largest_parts(unlimited, segment.PartRules([None, None, 1]))
     np.testing.assert_array_equal(unlimited, before)
 
 
 def test_keep_largest_parts_drops_parts_under_a_tenth_of_the_largest_even_within_the_limit() -> None:
     probabilities = _blob_probabilities()
-    segment.keep_largest_parts(probabilities, [None, 10, None])
+    segment.keep_largest_parts(probabilities, segment.PartRules([None, 10, None]))
     winners = probabilities.argmax(axis=0)
     assert (winners[:, 2:18, 22:30] == 1).all()  # half the largest: kept
     assert winners[2, 35, 35] == 0  # 1 voxel of 1536
@@ -69,10 +69,43 @@ def test_a_part_one_segment_loses_to_another_is_held_to_the_others_limit() -> No
     probabilities[1, :, 2:18, 22:30] = 0.0
     probabilities[2, :, 2:6, 22:30] = 0.8  # a second, smaller liver part ...
     probabilities[1, :, 2:6, 22:30] = 0.7  # ... where lung comes second, above the background
-    segment.keep_largest_parts(probabilities, [None, 2, 1])
+    segment.keep_largest_parts(probabilities, segment.PartRules([None, 2, 1]))
     winners = probabilities.argmax(axis=0)
     assert (winners[:, 2:6, 22:30] == 0).all()  # neither liver nor lung: background
     assert (winners[:, 22:38, 22:30] == 2).all() and (winners[:, 2:18, 2:18] == 1).all()
+
+
+def test_a_part_wholly_below_the_named_segment_is_dropped_whichever_way_k_runs() -> None:
+    """not_below: lungs reach above the bottom of the liver, so a lung part lying wholly below
+    every liver slice (gas in the pelvis) goes, and one that reaches above it stays, however
+    small; on a grid whose k runs towards the feet, "below" is the other end."""
+    probabilities = np.zeros((3, 12, 20, 20), dtype=np.float32)
+    probabilities[0] = 0.5
+    probabilities[2, 4:9, 2:18, 10:18] = 0.9  # the liver: slices 4-8
+    probabilities[1, 6:12, 2:18, 2:8] = 0.9  # a lung base reaching above the liver's bottom
+    probabilities[1, 7:9, 2:4, 8:10] = 0.9  # ... a small part beside the liver, not below it
+    probabilities[1, 0:3, 2:18, 2:18] = 0.9  # a large blob wholly below the liver (slices 0-2)
+    for superior, kept, dropped in ((1, 6, 1), (-1, 1, 6)):
+        flipped = probabilities if superior > 0 else probabilities[:, ::-1].copy()
+        lung_kept = (slice(None), slice(6, 12)) if superior > 0 else (slice(None), slice(0, 6))
+        blob = slice(0, 3) if superior > 0 else slice(9, 12)
+        trial = flipped.copy()
+        segment.keep_largest_parts(trial, segment.PartRules([None, None, None], [None, 2, None], superior))
+        winners = trial.argmax(axis=0)
+        assert (winners[blob, 2:18, 2:18] == 0).all(), superior  # the blob below the liver: background
+        assert (winners[lung_kept[1], 2:18, 2:8] == 1).all() and (winners == 1).sum() == (flipped.argmax(axis=0)[lung_kept[1]] == 1).sum()
+        assert (winners == 2).sum() == 5 * 16 * 8
+    # k not head-to-foot (superior 0): the rule cannot tell below from above and leaves every part.
+    untouched = probabilities.copy()
+    segment.keep_largest_parts(untouched, segment.PartRules([None, None, None], [None, 2, None], 0))
+    np.testing.assert_array_equal(untouched, probabilities)
+    # From a package's segments and its model grid: LPS k grows towards the head; RAI falls.
+    from CTExplainLib.model_package import ClassSpec
+    from CTExplainLib.preprocess import orientation_direction
+
+    classes = [ClassSpec("background"), ClassSpec("lungs", max_parts=4, not_below="liver"), ClassSpec("liver", max_parts=1)]
+    assert segment.part_rules(classes, orientation_direction("LPS")) == segment.PartRules([None, 4, 1], [None, 2, None], 1)
+    assert segment.part_rules(classes, orientation_direction("RAI")).superior == -1
 
 
 def test_settled_winners_need_a_clear_lead_over_the_whole_block() -> None:

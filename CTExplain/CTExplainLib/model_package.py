@@ -125,6 +125,9 @@ class ClassSpec:
     # Segments only: at most this many 3D connected parts are kept (see segment.keep_largest_parts),
     # an anatomical prior such as two lungs or one liver; None keeps every part.
     max_parts: Optional[int] = None
+    # Segments only: the name of another segment that no part of this one may lie wholly below
+    # (towards the feet): lungs reach above the bottom of the liver, so gas in the pelvis is not lung.
+    not_below: Optional[str] = None
 
 
 Range = Tuple[float, float]
@@ -393,13 +396,18 @@ def parse_metadata(data: Dict[str, Any], path: Path) -> ModelMetadata:
     if task not in TASKS:
         raise ModelPackageError(path, f"task must be one of {', '.join(TASKS)}, got {task!r}")
     classes = [
-        ClassSpec(str(c["name"]), tuple(float(v) for v in c.get("color", (1.0, 0.0, 0.0))), _max_parts(c.get("max_parts"), path, str(c["name"])))
+        ClassSpec(str(c["name"]), tuple(float(v) for v in c.get("color", (1.0, 0.0, 0.0))), _max_parts(c.get("max_parts"), path, str(c["name"])),
+                  None if c.get("not_below") is None else str(c["not_below"]))
         for c in _require(data, "classes", path)
     ]
     if not classes:
         raise ModelPackageError(path, "metadata lists no classes")
-    if task != "segmentation" and any(c.max_parts is not None for c in classes):
-        raise ModelPackageError(path, "max_parts applies to segments; this package is a classifier")
+    if task != "segmentation" and any(c.max_parts is not None or c.not_below is not None for c in classes):
+        raise ModelPackageError(path, "max_parts and not_below apply to segments; this package is a classifier")
+    segment_names = [c.name for c in classes[1:]]
+    for c in classes:
+        if c.not_below is not None and (c.not_below not in segment_names or c.not_below == c.name):
+            raise ModelPackageError(path, f"segment {c.name!r}: not_below must name another of its segments ({', '.join(segment_names)}), got {c.not_below!r}")
     input_spec = parse_input_spec(_require(data, "input", path), path)
     if task == "segmentation" and input_spec.slice_context:
         raise ModelPackageError(path, "input slice_context applies to classifiers; this package is a segmenter")

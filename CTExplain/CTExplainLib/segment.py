@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,7 +17,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from .devices import autocast, with_cpu_fallback
-from .model_package import InputSpec, LoadedModel
+from .model_package import ClassSpec, InputSpec, LoadedModel
 from .preprocess import ModelInput, preprocess
 from .resample import SeparablePlan, image_on_grid, resample_image_to_array, slabs
 from .volume import Grid, Volume, image_backed_array
@@ -70,23 +70,65 @@ def _probabilities(model: LoadedModel, model_input: ModelInput, device: torch.de
 SMALLEST_PART_SHARE = 0.1  # a part under this share of a segment's largest is never one of its organs
 
 
-def keep_largest_parts(probabilities: np.ndarray, max_parts: Sequence[Optional[int]]) -> None:
-    """In place: for each segment with a ``max_parts`` entry (one per segment; the background's
-    and None limit nothing), the voxels it wins (arg-max, first segment on ties, as
-    :func:`labels_on_grid`) outside its largest ``max_parts[index]`` 3D connected parts, or in
-    parts smaller than SMALLEST_PART_SHARE of its largest, get probability 0 for it, so that
-    the next best segment takes them.
+@dataclass(frozen=True)
+class PartRules:
+    """Anatomical priors on a segmenter's parts, one entry per segment (the background's unused):
+    ``max_parts``, at most this many 3D connected parts; ``not_below``, the index of another
+    segment that no part may lie wholly below (lungs reach above the bottom of the liver: a blob
+    of gas in the pelvis is not lung); ``superior``, +1 where the model grid's k grows towards
+    the head, -1 where it falls, 0 where k is not head-to-foot (``not_below`` then unused)."""
 
-    An anatomical prior (two lungs, one liver): a 2D network sees each slice alone and may
-    take gas in a bowel loop below the lungs for lung, a blob no lung is connected to. Done on
-    the model grid, whose probabilities are at hand and smaller than the input's.
+    max_parts: Sequence[Optional[int]]
+    not_below: Sequence[Optional[int]] = ()
+    superior: int = 1
+
+    @classmethod
+    def of(cls, names: Sequence[str], max_parts: Mapping[str, int], not_below: Mapping[str, str], direction: np.ndarray) -> "PartRules":
+        """From per-name settings (a package's segments or a training recipe's) and the model grid's direction."""
+        head_to_foot = float(np.asarray(direction)[2, 2])  # LPS z of the k axis
+        return cls([max_parts.get(name) for name in names], [names.index(not_below[name]) if name in not_below else None for name in names],
+                   int(np.sign(head_to_foot)) if abs(head_to_foot) > 0.5 else 0)
+
+    def limited(self) -> List[Tuple[int, Optional[int], Optional[int]]]:
+        below = list(self.not_below) + [None] * (len(self.max_parts) - len(self.not_below))
+        return [(index, most, below[index] if self.superior else None)
+                for index, most in enumerate(self.max_parts) if index > 0 and (most or (below[index] is not None and self.superior))]
+
+
+def _wholly_below(parts: sitk.Image, reference: np.ndarray, superior: int) -> List[int]:
+    """The labels of ``parts`` whose every slice lies below (towards the feet of) every slice of ``reference``."""
+    slices = np.flatnonzero(reference.any(axis=(1, 2)))
+    if slices.size == 0:
+        return []
+    shapes = sitk.LabelShapeStatisticsImageFilter()
+    shapes.Execute(parts)
+    below = []
+    for label in shapes.GetLabels():
+        box = shapes.GetBoundingBox(label)  # (i, j, k, size i, size j, size k)
+        first, last = box[2], box[2] + box[5] - 1
+        if (superior > 0 and last < slices[0]) or (superior < 0 and first > slices[-1]):
+            below.append(label)
+    return below
+
+
+def keep_largest_parts(probabilities: np.ndarray, rules: PartRules) -> None:
+    """In place: for each segment with a ``max_parts`` entry, the voxels it wins (arg-max, first
+    segment on ties, as :func:`labels_on_grid`) outside its largest ``max_parts`` 3D connected
+    parts, or in parts smaller than SMALLEST_PART_SHARE of its largest, get probability 0 for
+    it, so that the next best segment takes them; so do the parts of a segment with a
+    ``not_below`` entry that lie wholly below every voxel the other segment wins.
+
+    Anatomical priors (two lungs, one liver, lungs above the bottom of the liver): a 2D network
+    sees each slice alone and may take gas in a bowel loop below the lungs for lung, a blob no
+    lung is connected to. Done on the model grid, whose probabilities are at hand and smaller
+    than the input's.
 
     Repeated until no segment loses a voxel: a voxel one segment loses goes to its runner-up,
     which may be another limited segment (a stray liver part in the pelvis whose second best is
     lung), and what that segment gains is held to its own limit in the next round. Each round
     that changes anything zeroes at least one positive probability, so the rounds end.
     """
-    limited = [(index, most) for index, most in enumerate(max_parts) if index > 0 and most]
+    limited = rules.limited()
     if not limited:
         return
     winners = np.empty(probabilities.shape[1:], dtype=np.uint16)
@@ -95,15 +137,27 @@ def keep_largest_parts(probabilities: np.ndarray, max_parts: Sequence[Optional[i
         changed = False
         for start, stop, winner, _ in _leaders(probabilities, winners.dtype):
             winners[start:stop] = winner
-        for index, most in limited:
+        for index, most, reference in limited:
             relabel = sitk.RelabelComponentImageFilter()  # parts numbered from the largest down
             parts = relabel.Execute(sitk.ConnectedComponent(sitk.GetImageFromArray((winners == index).view(np.uint8))))
             sizes = relabel.GetSizeOfObjectsInPixels()
-            kept = sum(1 for size in sizes[:most] if size >= SMALLEST_PART_SHARE * sizes[0]) if sizes else 0
-            if len(sizes) > kept:
-                probabilities[index][sitk.GetArrayViewFromImage(parts) > kept] = 0.0
+            kept = len(sizes) if not most else sum(1 for size in sizes[:most] if size >= SMALLEST_PART_SHARE * sizes[0])
+            labels = sitk.GetArrayViewFromImage(parts)
+            drop = labels > kept
+            if reference is not None:
+                for label in _wholly_below(parts, winners == reference, rules.superior):
+                    drop |= labels == label
+            if drop.any():
+                probabilities[index][drop] = 0.0
                 changed = True
-            del parts  # the view above must not outlive its image
+            del labels, parts  # the view above must not outlive its image
+
+
+def part_rules(classes: Sequence[ClassSpec], direction: np.ndarray) -> PartRules:
+    """A package's rules on its segments' parts, on a model grid of ``direction``."""
+    names = [c.name for c in classes]
+    return PartRules.of(names, {c.name: c.max_parts for c in classes if c.max_parts},
+                        {c.name: c.not_below for c in classes if c.not_below}, direction)
 
 
 def _leaders(probabilities: np.ndarray, dtype: np.dtype) -> Iterator[Tuple[int, int, np.ndarray, np.ndarray]]:
@@ -219,7 +273,7 @@ def segment(model: LoadedModel, volume: Volume, device: torch.device, stage: Cal
     warnings: List[str] = []
     probabilities, grid = _model_grid_probabilities(model, volume, device, stage, warnings)
     with stage("map labels"):
-        keep_largest_parts(probabilities, [c.max_parts for c in metadata.classes])
+        keep_largest_parts(probabilities, part_rules(metadata.classes, grid.direction))
         labels = labels_on_grid(probabilities, grid, volume.grid)
     segments = [SegmentInfo(index, c.name, tuple(c.color)) for index, c in enumerate(metadata.classes) if index > 0]
     return Segmentation(volume.with_array(labels, kind="labels", model=metadata.name), segments, warnings)

@@ -247,5 +247,10 @@ def test_max_parts_are_checked_before_training(tmp_path: Path, volumes: List[Pat
         load_manifest(make_config({**run, "max_parts": {"lungs": 2, "liver": 1}}))
     with pytest.raises(ManifestError, match="whole numbers of at least 1"):
         make_config({**run, "max_parts": {"liver": 0}})
-    with pytest.raises(ManifestError, match="max_parts applies to segmentation only"):
+    with pytest.raises(ManifestError, match="max_parts and not_below apply to segmentation only"):
         make_config({**run, "task": "multiclass", "max_parts": {"liver": 1}})
+    assert load_manifest(make_config({**run, "not_below": {"spleen": "liver"}})).classes[1:] == ["liver", "spleen"]
+    with pytest.raises(ManifestError, match=r"seg.csv: not_below names lungs, not among its segments"):
+        load_manifest(make_config({**run, "not_below": {"lungs": "liver"}}))
+    with pytest.raises(ManifestError, match=r"seg.csv: not_below names heart, not among its segments"):
+        load_manifest(make_config({**run, "not_below": {"liver": "heart"}}))
