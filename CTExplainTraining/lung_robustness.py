@@ -1,7 +1,7 @@
 """A lung segmenter on chests scanned the way chests really are: its lung Dice on each reference
 case as it is, with the field of view cut to the lungs (they touch the image border on every
-side), and resampled to thick, coarse 3 x 3 x 5 mm voxels; and the voxels it calls lung outside
-the body.
+side), resampled to thick, coarse 3 x 3 x 5 mm voxels, and with the noise of a low-dose scan;
+and the voxels it calls lung outside the body or in slices that hold no lung.
 
     python -m CTExplainTraining.lung_robustness PACKAGE [--data ../shared/data] [--json OUT]
 
@@ -45,9 +45,11 @@ from .datasets.lidc_lungs import coarser, cropped_to_lungs, filled_lungs
 from .lung_check import dice
 
 THICK_MM = (3.0, 3.0, 5.0)
+NOISE_HU = 50.0  # standard deviation of the added noise: several times a routine-dose scan's in soft tissue
 PROTOCOL = (
     "python -m CTExplainTraining.lung_robustness PACKAGE: lung Dice as scanned, with the field of view cut in-plane at the "
-    "lungs' box (lungs touching every side), and blurred and resampled to 3 x 3 x 5 mm; references: TotalSegmentator's lobes "
+    "lungs' box (lungs touching every side), blurred and resampled to 3 x 3 x 5 mm, and with white Gaussian noise of 50 HU "
+    "(a low-dose scan's grain, fixed seed); references: TotalSegmentator's lobes "
     "on example_ct_sm (held out: never trained on, but its Dice was seen when versions, their training copies and max_parts "
     "were chosen, so not an untouched estimate) and on example_ct (the demo chest: example_ct_sm with 82 slices of abdomen "
     "and pelvis below, where no lung is), and the threshold lungs on LIDC-IDRI-0001 (a training case)"
@@ -78,12 +80,20 @@ def _masks(ct: Volume, lungs: np.ndarray) -> Volume:
     return ct.with_array(labels)
 
 
+def with_noise(ct: Volume, sigma_hu: float = NOISE_HU, seed: int = 0) -> Volume:
+    """``ct`` with white Gaussian noise of ``sigma_hu`` added (a fixed seed): the grain of a
+    low-dose scan, whose noise grows as the dose falls (roughly as one over its square root)."""
+    noise = np.random.default_rng(seed).normal(0.0, sigma_hu, ct.array.shape)
+    return ct.with_array(np.clip(np.rint(ct.array + noise), -1024, 3071).astype(ct.array.dtype))
+
+
 def variants(ct: Volume, lungs: np.ndarray) -> Iterator[Tuple[str, Volume, Volume]]:
-    """(variant, CT, masks) for the case as scanned, cropped to the lungs, and 3 x 3 x 5 mm."""
+    """(variant, CT, masks) for the case as scanned, cropped to the lungs, 3 x 3 x 5 mm, and with low-dose noise."""
     masks = _masks(ct, lungs)
     yield "as_is", ct, masks
     yield "cropped", *cropped_to_lungs(ct, masks, LUNGS)
     yield "thick_3x3x5mm", *coarser(ct, masks, THICK_MM)
+    yield "low_dose_noise", with_noise(ct), masks
 
 
 def lung_label(model: LoadedModel) -> int:

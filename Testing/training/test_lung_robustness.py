@@ -90,3 +90,14 @@ def test_a_slab_cut_at_its_lungs_is_part_of_the_chest_in_place() -> None:
     assert cut_labels.array[:, 0].any() or cut_labels.array[:, -1].any()
     with pytest.raises(ValueError, match="no lungs"):
         random_slab(Volume(np.zeros_like(labels.array), labels.grid), LUNGS, (5.0, 7.5), random)
+
+
+def test_low_dose_noise_is_added_in_place_and_repeatably() -> None:
+    from CTExplainTraining.lung_robustness import NOISE_HU, with_noise
+
+    ct, _ = _phantom()
+    noisy = with_noise(ct)
+    assert noisy.grid == ct.grid and noisy.array.dtype == ct.array.dtype
+    body = ct.array == 40  # soft tissue, far from the clip at -1024
+    assert abs(float((noisy.array[body] - 40).std()) - NOISE_HU) < 0.05 * NOISE_HU
+    np.testing.assert_array_equal(with_noise(ct).array, noisy.array)  # a fixed seed
