@@ -200,3 +200,37 @@ def test_covid_infection_reproduces_its_recorded_training_case_dice_through_the_
     for example in manifest.examples:
         measured = segment_files(package, config, manifest.classes, [example], torch.device("cpu"))["dice_mean"]
         assert measured == pytest.approx(recorded[Path(example.image).name], abs=1e-6), example.image
+
+
+# Entries of a package's metrics that hold no score of their own.
+NOT_SCORES = {"protocol", "best_epoch", "folds", "outer_folds", "selections", "selected"}
+
+
+def unstated_protocols(provenance: dict) -> list:
+    """The scores of a package's metrics (and its nested cross-validation) whose protocol it does not state."""
+    metrics = provenance.get("metrics", {})
+    stated = provenance.get("metrics_protocol", {})
+    missing = [f"metrics.{key}" for key, value in metrics.items()
+               if key not in NOT_SCORES and value and "protocol" not in metrics and key not in stated
+               and not (isinstance(value, dict) and "protocol" in value)]
+    nested = provenance.get("nested_cross_validation")
+    if nested is not None and not nested.get("protocol"):
+        missing.append("nested_cross_validation")
+    return missing
+
+
+def test_every_shipped_package_states_the_protocol_of_each_of_its_numbers() -> None:
+    """Each recorded score says how it was obtained (which cases, what chose the model), and a
+    package that loses one such statement is caught."""
+    from CTExplainLib.models_catalog import SHIPPED_MODELS, read_package_info
+
+    infos = [read_package_info(folder) for folder in sorted(SHIPPED_MODELS.iterdir())]
+    trained = [info.path for info in infos if info is not None and not info.untrained]
+    assert len(trained) == 8
+    for package in trained:
+        provenance = load_package(package).metadata.provenance
+        assert provenance.get("metrics"), package
+        assert unstated_protocols(provenance) == [], package
+    planted = json.loads(json.dumps(load_package(resolve_package("lung-nodule-malignancy")).metadata.provenance))
+    del planted["metrics_protocol"]["test"]
+    assert unstated_protocols(planted) == ["metrics.test"]
