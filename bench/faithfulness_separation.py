@@ -22,7 +22,8 @@ sys.path.insert(0, str(REPO / "Testing"))
 from test_faithfulness import DATA, HEAD_SAMPLE, alternative_scores, real_beats_the_others  # noqa: E402
 
 
-def main() -> int:
+def separation_cases() -> list:
+    """(package, case, spacing, segmenter) of every case, in the README's order."""
     chest, covid, one = DATA / "chest-ct-4class" / "test", DATA / "covid-infection-2d" / "train" / "Imgs", (1.0, 1.0, 1.0)
     cases = [("head-ct-ich-findings", HEAD_SAMPLE, None)]
     cases += [("head-ct-ich-findings", REPO / "build" / "ct-ich-check" / "volumes" / f"{p}.nii.gz", None) for p in ("051", "053")]
@@ -31,7 +32,11 @@ def main() -> int:
     cases = [(package, case, spacing, None) for package, case, spacing in cases]
     nodules = ["LIDC-IDRI-0037_R_1", "LIDC-IDRI-0058_R_1", "LIDC-IDRI-0060_R_1", "LIDC-IDRI-0075_R_2", "LIDC-IDRI-0095_R_1", "LIDC-IDRI-0159_R_2"]
     cases += [("lung-nodule-malignancy", DATA / "lidc-nodules" / "image" / f"{key}.nii.gz", None, "lung-nodule-segmenter") for key in nodules]
-    for package, case, spacing, segmenter in cases:
+    return cases
+
+
+def main() -> int:
+    for package, case, spacing, segmenter in separation_cases():
         scores = alternative_scores(package, case, spacing, segmenter)
         print(package, case.parent.name + "/" + case.name, " ".join(f"{k.replace(' ', '_')}={v:+.3f}" for k, v in scores.items()),
               f"real_beats_all={real_beats_the_others(scores)}", flush=True)
