@@ -14,7 +14,9 @@ The cases and their references (neither is manual):
   voxel; only the headers' origins differ), so the same lobes, and no lung below them: lung
   called there is bowel gas taken for lung;
 * ``lidc-idri-0001`` (0.7 x 0.7 x 2.5 mm): ``lung_check``'s threshold lungs with the enclosed
-  vessels filled (``lidc_lungs.filled_lungs``), the rule its training labels follow.
+  vessels filled (``lidc_lungs.filled_lungs``), the rule its training labels follow;
+* ``dcmqi-ct3slice`` (QIICR/dcmqi's three-slice GE CT at the lung bases, 0.81 x 0.81 x 1 mm,
+  another patient and scanner, never trained on): the same threshold lungs.
 
 Each variant is made from the case as scanned, and the reference and the body mask undergo the
 same operation as the CT: cropping cuts all three alike; resampling blurs the CT to the coarser
@@ -52,7 +54,8 @@ PROTOCOL = (
     "(a low-dose scan's grain, fixed seed); references: TotalSegmentator's lobes "
     "on example_ct_sm (held out: never trained on, but its Dice was seen when versions, their training copies and max_parts "
     "were chosen, so not an untouched estimate) and on example_ct (the demo chest: example_ct_sm with 82 slices of abdomen "
-    "and pelvis below, where no lung is), and the threshold lungs on LIDC-IDRI-0001 (a training case)"
+    "and pelvis below, where no lung is), and the threshold lungs on LIDC-IDRI-0001 (a training case) and on dcmqi-ct3slice "
+    "(three slices of another patient's lung bases, never trained on; untouched until versions 1.5 and 1.6 were compared on it)"
 )
 TOTALSEGMENTATOR_LUNG_LABELS = (10, 11, 12, 13, 14)  # labels_total_v2.json: the five lobes
 BODY, LUNGS = 1, 2  # the reference masks travel together as one label map
@@ -70,8 +73,9 @@ def reference_cases(data: Path) -> Iterator[Tuple[str, Volume, np.ndarray]]:
     if below < 0 or not np.array_equal(whole.array[below:], ct.array):
         raise ValueError(f"{folder / 'example_ct.nii.gz'}: its top slices are not example_ct_sm's")
     yield "example_ct", whole, np.concatenate([np.zeros((below,) + lungs.shape[1:], dtype=bool), lungs])
-    lidc = load_volume(data / "lidc-idri-0001")
-    yield "lidc-idri-0001", lidc, filled_lungs(lidc)
+    for name in ("lidc-idri-0001", "dcmqi-ct3slice"):
+        ct = load_volume(data / name)
+        yield name, ct, filled_lungs(ct)
 
 
 def _masks(ct: Volume, lungs: np.ndarray) -> Volume:
@@ -136,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m CTExplainTraining.lung_robustness", description=__doc__.splitlines()[0])
     parser.add_argument("package", type=Path, help="segmenter package with a 'lungs' segment")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder (default ../shared/data)")
-    parser.add_argument("--case", action="append", help="only this case (example_ct_sm, example_ct, lidc-idri-0001); repeatable")
+    parser.add_argument("--case", action="append", help="only this case (example_ct_sm, example_ct, lidc-idri-0001, dcmqi-ct3slice); repeatable")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--record", action="store_true", help="write the numbers and their protocol into the package's metadata "
                         "(provenance.metrics.robustness), where Testing/test_shipped_models.py reproduces them")

@@ -123,7 +123,9 @@ def coarser(ct: Volume, labels: Volume, spacing_mm: Union[float, Sequence[float]
     sigma = np.sqrt(np.maximum(target**2 - spacing**2, 0.0)) / FWHM_PER_SIGMA
     blurred = sitk.Cast(ct.to_sitk(), sitk.sitkFloat32)
     for axis, axis_sigma in enumerate(sigma):
-        if axis_sigma > 0.0:  # an axis already as coarse as the target (2.5 mm slices for 2 mm) is left as it is
+        # An axis already as coarse as the target (2.5 mm slices for 2 mm) is left as it is; so is one of
+        # fewer than four voxels (a three-slice series), which SimpleITK's recursive Gaussian cannot filter.
+        if axis_sigma > 0.0 and ct.grid.size[axis] >= 4:
             blurred = sitk.RecursiveGaussian(blurred, float(axis_sigma), False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis)
     size = np.floor((np.asarray(ct.grid.size) - 1) * spacing / target).astype(int) + 1
     grid = Grid(tuple(int(n) for n in size), tuple(float(t) for t in target), ct.grid.origin, ct.grid.direction)
