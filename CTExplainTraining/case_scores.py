@@ -21,6 +21,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from CTExplainLib.errors import CTExplainError
 from CTExplainLib.model_package import load_package
 from CTExplainLib.writing import record_in_metadata
 
@@ -58,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         dice = training_case_dice(args.package, args.recipe)
-    except (OSError, ValueError) as exc:
+    except (CTExplainError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, value in dice.items():

@@ -85,9 +85,9 @@ class PartRules:
     @classmethod
     def of(cls, names: Sequence[str], max_parts: Mapping[str, int], not_below: Mapping[str, str], direction: np.ndarray) -> "PartRules":
         """From per-name settings (a package's segments or a training recipe's) and the model grid's direction."""
-        head_to_foot = float(np.asarray(direction)[2, 2])  # LPS z of the k axis
+        towards_head = float(np.asarray(direction)[2, 2])  # the LPS z (superior) part of the k axis
         return cls([max_parts.get(name) for name in names], [names.index(not_below[name]) if name in not_below else None for name in names],
-                   int(np.sign(head_to_foot)) if abs(head_to_foot) > 0.5 else 0)
+                   int(np.sign(towards_head)) if abs(towards_head) > 0.5 else 0)
 
     def limited(self) -> List[Tuple[int, Optional[int], Optional[int]]]:
         below = list(self.not_below) + [None] * (len(self.max_parts) - len(self.not_below))
