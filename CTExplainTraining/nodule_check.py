@@ -45,10 +45,10 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from CTExplainLib.classify import probabilities_from_logits
 from CTExplainLib.loading import load_volume
 from CTExplainLib.model_package import load_package
-from CTExplainLib.package_files import METADATA_FILE
 from CTExplainLib.points.crop import crop_input
 from CTExplainLib.points.outline import nodule_size, outline_nodule
 from CTExplainLib.resample import resample_array
+from CTExplainLib.writing import record_in_metadata
 
 from .config import make_config, read_recipe
 from .engine import CHECKPOINT, build_model
@@ -289,10 +289,7 @@ def check_attention(classifier: Path, segmenter: Path, nodules_csv: Path, split:
 
 def record_in_package(package: Path, result: Dict[str, Any]) -> None:
     """The check's numbers (without the per-nodule rows) into the package's provenance."""
-    metadata_file = Path(package) / METADATA_FILE
-    metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
-    metadata.setdefault("provenance", {})["evaluation"] = {k: v for k, v in result.items() if k != "per_nodule"}
-    metadata_file.write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+    record_in_metadata(package, ["provenance", "evaluation"], {k: v for k, v in result.items() if k != "per_nodule"})
 
 
 def _print(result: Dict[str, Any], prefix: str = "") -> None:

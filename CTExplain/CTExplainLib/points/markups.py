@@ -39,9 +39,9 @@ import numpy as np
 
 from ..findings_table import TableColumn, faithfulness_cells, faithfulness_columns
 from ..model_package import LoadedModel
+from ..trust.faithfulness import DEFAULT as DEFAULT_FAITHFULNESS
 from ..volume import LPS_TO_RAS, Volume
 from .points_file import MarkedPoint, safe_id
-from ..trust.faithfulness import DEFAULT as DEFAULT_FAITHFULNESS
 from .run import PointAnalysis, explain_points
 
 

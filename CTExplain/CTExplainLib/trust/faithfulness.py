@@ -91,8 +91,8 @@ MODES: Dict[str, Mode] = {
 # fast for 2D slice models, where it perturbs a few key slices (on the sample head CT about
 # five times the classifier's own pass over all 25 slices), fast for point models, whose input
 # is a small crop (32x32x16 for the nodule models: milliseconds), off for 3D models, where every
-# perturbed input is a whole volume ((findings + 2) x 14 + 2 network inputs: about 100 forward
-# passes for 18 findings, bench/bench_faithfulness.py); ask for fast or full to have them.
+# perturbed input is a whole volume ((findings + 2) x 14 + 2 network inputs: 282, about 187 forward
+# passes for 18 findings at 128x128x64, bench/bench_faithfulness.py); ask for fast or full to have them.
 AUTO = "auto"
 CHOICES = FAITHFULNESS_CHOICES
 DEFAULT = DEFAULT_FAITHFULNESS
